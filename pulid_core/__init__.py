@@ -1,0 +1,27 @@
+"""Framework-free core of comfyui-pulid: PuLID v1/v1.1 and PhotoMaker v1/v2 math,
+checkpoint loading, EVA-CLIP and the face pipeline.
+
+Imports without ComfyUI. Public names are resolved lazily so that importing the
+package does not pull in torch-heavy submodules (or optional dependencies such as
+insightface) until they are used.
+"""
+
+from importlib import import_module
+
+__all__ = ["load_pulid", "load_eva_clip", "EvaClip", "PuLIDModel", "ModelFileError", "id_attention"]
+
+_EXPORTS = {
+    "load_pulid": "pulid_core.adapter",
+    "PuLIDModel": "pulid_core.adapter",
+    "id_attention": "pulid_core.attention",
+    "load_eva_clip": "pulid_core.eva_clip",
+    "EvaClip": "pulid_core.eva_clip",
+    "ModelFileError": "pulid_core.errors",
+}
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pulid_core' has no attribute {name!r}")
+    return getattr(import_module(module), name)

@@ -1,0 +1,218 @@
+"""Finding the pinned ComfyUI and running it in-process or as a headless server.
+
+Used by the test tiers and by scripts/run_workflow.py. ComfyUI comes from
+scripts/setup_env.sh (linked at .cache/comfyui) or from COMFYUI_DIR.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TESTPACK = REPO / "tests" / "comfy_testpack"
+PACK_NAME = "comfyui-pulid"
+
+
+def comfyui_dir() -> Path | None:
+    """The ComfyUI tree to use, or None when setup has not fetched one."""
+    env = os.environ.get("COMFYUI_DIR")
+    candidates = [Path(env)] if env else [REPO / ".cache" / "comfyui"]
+    for path in candidates:
+        if (path / "main.py").is_file():
+            return path.resolve()
+    return None
+
+
+def init_inprocess() -> Path:
+    """Make ComfyUI importable in this process, in CPU mode, and load this pack.
+
+    CPU mode must be set before comfy.model_management is imported, or a
+    CUDA-built torch on a machine without a GPU fails at import.
+    """
+    root = comfyui_dir()
+    if root is None:
+        raise RuntimeError("ComfyUI not found: run scripts/setup_env.sh or set COMFYUI_DIR")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.disable_api_nodes = True
+    import comfy.model_management  # noqa: F401  (initialised in CPU mode here)
+
+    return root
+
+
+def load_pack_inprocess():
+    """Import this repository as the ComfyUI pack module ``comfyui_pulid``."""
+    init_inprocess()
+    if "comfyui_pulid" in sys.modules:
+        return sys.modules["comfyui_pulid"]
+    spec = importlib.util.spec_from_file_location(
+        "comfyui_pulid", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["comfyui_pulid"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    """A headless ComfyUI on 127.0.0.1 with this pack and the test pack installed.
+
+    The ComfyUI tree is copied into a temporary base directory (the server writes
+    next to its code), this pack is linked into its custom_nodes/, and models_dir
+    points at ``models_dir`` when given.
+    """
+
+    def __init__(self, models_dir: Path | None = None, with_testpack: bool = True,
+                 extra_args: list[str] | None = None, python: str = sys.executable):
+        root = comfyui_dir()
+        if root is None:
+            raise RuntimeError("ComfyUI not found: run scripts/setup_env.sh or set COMFYUI_DIR")
+        self.base = Path(tempfile.mkdtemp(prefix="pulid-comfy-"))
+        self.tree = self.base / "ComfyUI"
+        shutil.copytree(root, self.tree, ignore=shutil.ignore_patterns("extra_model_paths.yaml", ".complete"),
+                        symlinks=True)
+        custom = self.tree / "custom_nodes"
+        custom.mkdir(exist_ok=True)
+        (custom / PACK_NAME).symlink_to(REPO, target_is_directory=True)
+        if with_testpack:
+            (custom / "pulid_testpack").symlink_to(TESTPACK, target_is_directory=True)
+        self.models_dir = Path(models_dir) if models_dir else self.tree / "models"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.base / "server.log"
+        args = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+                "--disable-auto-launch", "--disable-api-nodes", "--output-directory", str(self.base / "output")]
+        if models_dir:
+            yaml = self.base / "extra_model_paths.yaml"
+            keys = ["checkpoints", "pulid", "eva_clip", "insightface", "facexlib", "photomaker", "loras"]
+            lines = ["pulid_tests:", f"  base_path: {self.models_dir}"] + [f"  {k}: {k}" for k in keys]
+            yaml.write_text("\n".join(lines) + "\n")
+            args += ["--extra-model-paths-config", str(yaml)]
+        args += extra_args or []
+        self._log = open(self.log_path, "w")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(args, cwd=self.tree, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    # -- lifecycle ---------------------------------------------------------
+    def wait_ready(self, timeout: float = 240.0) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                self.get("/system_stats", timeout=2)
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                time.sleep(0.5)
+        raise TimeoutError(f"ComfyUI did not start in {timeout:.0f}s:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    # -- HTTP --------------------------------------------------------------
+    def get(self, path: str, timeout: float = 30):
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, payload: dict, timeout: float = 30):
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def object_info(self) -> dict:
+        return self.get("/object_info", timeout=120)
+
+    def queue(self, prompt: dict) -> str:
+        status, body = self.post("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+        if status != 200:
+            raise RuntimeError(f"/prompt refused the graph ({status}): {json.dumps(body, indent=1)[:4000]}")
+        return body["prompt_id"]
+
+    def wait_history(self, prompt_id: str, timeout: float = 600.0) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            hist = self.get(f"/history/{prompt_id}")
+            if prompt_id in hist and hist[prompt_id].get("status", {}).get("completed") is not None:
+                entry = hist[prompt_id]
+                if entry["status"].get("status_str") in ("success", "error"):
+                    return entry
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI died while running {prompt_id}:\n{self.log()[-4000:]}")
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout:.0f}s")
+
+    def output_files(self, entry: dict) -> list[Path]:
+        files = []
+        for out in entry.get("outputs", {}).values():
+            for img in out.get("images", []):
+                if img.get("type") == "output":
+                    files.append(self.base / "output" / img.get("subfolder", "") / img["filename"])
+        return files
+
+
+def execution_error(entry: dict) -> str | None:
+    for event, data in entry.get("status", {}).get("messages", []):
+        if event == "execution_error":
+            return f"{data.get('node_type')} (node {data.get('node_id')}): {data.get('exception_message')}"
+    return None
+
+
+# -- workflows ---------------------------------------------------------------
+TINY_LOADER = "PuLIDTestTinySDXLLoader"
+
+
+def to_api(workflow: dict, object_info: dict) -> dict:
+    """UI-format workflow → API prompt, with comfy-cli's converter."""
+    from comfy_cli.workflow_to_api import convert_ui_to_api
+
+    return convert_ui_to_api(workflow, object_info)
+
+
+def use_tiny_checkpoints(prompt: dict) -> list[str]:
+    """Swap every checkpoint loader for the test-only tiny SDXL; returns the swapped ids."""
+    swapped = []
+    for node_id, node in prompt.items():
+        if node["class_type"] in ("CheckpointLoaderSimple", "CheckpointLoader"):
+            node["class_type"] = TINY_LOADER
+            node["inputs"] = {"kind": "sdxl", "seed": 0, "v_prediction": False}
+            swapped.append(node_id)
+    return swapped
