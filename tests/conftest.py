@@ -7,3 +7,23 @@ TESTS = Path(__file__).resolve().parent
 for path in (TESTS, TESTS.parent):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+
+import pytest  # noqa: E402
+
+import comfy_harness  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    """One headless ComfyUI for the server and browser tiers, with stand-in model files."""
+    if comfy_harness.comfyui_dir() is None:
+        pytest.fail("ComfyUI not found: run scripts/setup_env.sh (or set COMFYUI_DIR)")
+    models = tmp_path_factory.mktemp("models")
+    comfy_harness.prepare_models_dir(models)
+    server = comfy_harness.ComfyServer(models_dir=models)
+    try:
+        server.wait_ready()
+        server.info = server.object_info()
+        yield server
+    finally:
+        server.cleanup()

@@ -11,7 +11,7 @@ import comfy_harness
 
 pytestmark = pytest.mark.server
 
-WORKFLOWS = sorted((comfy_harness.REPO / "workflows").glob("*.json"))
+WORKFLOWS = comfy_harness.workflow_files()
 
 
 def test_pack_imports_cleanly(comfy_server):
