@@ -6,4 +6,5 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$here/scripts/setup_env.sh" --browser
 cd "$here"
-exec "$here/.venv/bin/python" -m pytest tests -p no:cacheprovider -ra "$@"
+# Unit tests first: they check that pulid_core imports without ComfyUI in the process.
+exec "$here/.venv/bin/python" -m pytest tests/unit tests/comfy tests/server tests/browser -p no:cacheprovider -ra "$@"

@@ -23,6 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TESTPACK = REPO / "tests" / "comfy_testpack"
 PACK_NAME = "comfyui-pulid"
+# Model folder keys the graphs of this pack read.
+MODEL_KEYS = ("checkpoints", "loras", "pulid", "eva_clip", "insightface", "facexlib", "photomaker")
 
 
 def comfyui_dir() -> Path | None:
@@ -78,11 +80,12 @@ class ComfyServer:
     """A headless ComfyUI on 127.0.0.1 with this pack and the test pack installed.
 
     The ComfyUI tree is copied into a temporary base directory (the server writes
-    next to its code), this pack is linked into its custom_nodes/, and models_dir
-    points at ``models_dir`` when given.
+    next to its code), this pack is linked into its custom_nodes/, and each of
+    ``models_dirs`` (ComfyUI ``models`` layouts) is added through an
+    extra_model_paths.yaml, the way users add theirs.
     """
 
-    def __init__(self, models_dir: Path | None = None, with_testpack: bool = True,
+    def __init__(self, models_dirs: list[Path] = (), with_testpack: bool = True,
                  extra_args: list[str] | None = None, python: str = sys.executable):
         root = comfyui_dir()
         if root is None:
@@ -96,16 +99,21 @@ class ComfyServer:
         (custom / PACK_NAME).symlink_to(REPO, target_is_directory=True)
         if with_testpack:
             (custom / "pulid_testpack").symlink_to(TESTPACK, target_is_directory=True)
-        self.models_dir = Path(models_dir) if models_dir else self.tree / "models"
+        self.input_dir = self.tree / "input"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base / "server.log"
         args = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                 "--disable-auto-launch", "--disable-api-nodes", "--output-directory", str(self.base / "output")]
-        if models_dir:
+        if models_dirs:
             yaml = self.base / "extra_model_paths.yaml"
-            keys = ["checkpoints", "pulid", "eva_clip", "insightface", "facexlib", "photomaker", "loras"]
-            lines = ["pulid_tests:", f"  base_path: {self.models_dir}"] + [f"  {k}: {k}" for k in keys]
+            lines = []
+            for n, models in enumerate(models_dirs):
+                lines += [f"pulid_models_{n}:", f"  base_path: {Path(models).resolve()}"]
+                for key in MODEL_KEYS:
+                    # Created up front so files added after start-up are listed.
+                    (Path(models) / key).mkdir(parents=True, exist_ok=True)
+                    lines.append(f"  {key}: {key}")
             yaml.write_text("\n".join(lines) + "\n")
             args += ["--extra-model-paths-config", str(yaml)]
         args += extra_args or []
@@ -221,6 +229,43 @@ def use_tiny_checkpoints(prompt: dict) -> list[str]:
             node["inputs"] = {"kind": "sdxl", "seed": 0, "v_prediction": False}
             swapped.append(node_id)
     return swapped
+
+
+def load_workflow(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _is_checkpoint_loader(node: dict) -> bool:
+    return node["class_type"] in ("CheckpointLoaderSimple", "CheckpointLoader")
+
+
+def stand_in_missing_models(prompt: dict, models: Path, overlay: Path) -> list[str]:
+    """Replace what ``models`` lacks by tiny stand-ins (in ``overlay``); returns what was replaced."""
+    replaced = []
+    for node_id, node in prompt.items():
+        if _is_checkpoint_loader(node):
+            name = node["inputs"].get("ckpt_name", "")
+            if not (Path(models) / "checkpoints" / name).is_file():
+                use_tiny_checkpoints({node_id: node})
+                replaced.append(f"checkpoints/{name} -> tiny SDXL (node {node_id})")
+    return replaced
+
+
+def provide_input_images(prompt: dict, input_dir: Path, image: Path | None) -> None:
+    """Put the reference photo where every Load Image node of the graph looks for it."""
+    source = Path(image) if image else default_face_image()
+    for node in prompt.values():
+        if node["class_type"] == "LoadImage":
+            target = Path(input_dir) / node["inputs"]["image"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+
+
+def default_face_image() -> Path:
+    """A one-face photo that ships with the insightface wheel."""
+    import insightface
+
+    return Path(insightface.__file__).parent / "data" / "images" / "Tom_Hanks_54745.png"
 
 
 def prepare_models_dir(models: Path) -> None:

@@ -20,7 +20,7 @@ def comfy_server(tmp_path_factory):
         pytest.fail("ComfyUI not found: run scripts/setup_env.sh (or set COMFYUI_DIR)")
     models = tmp_path_factory.mktemp("models")
     comfy_harness.prepare_models_dir(models)
-    server = comfy_harness.ComfyServer(models_dir=models)
+    server = comfy_harness.ComfyServer(models_dirs=[models])
     try:
         server.wait_ready()
         server.info = server.object_info()
