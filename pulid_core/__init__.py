@@ -8,7 +8,11 @@ insightface) until they are used.
 
 from importlib import import_module
 
-__all__ = ["load_pulid", "load_eva_clip", "EvaClip", "PuLIDModel", "ModelFileError", "id_attention"]
+__all__ = ["load_pulid", "load_eva_clip", "EvaClip", "PuLIDModel", "ModelFileError", "id_attention",
+           "ModelFile", "ModelPaths", "registry", "missing_file_message",
+           "load_photomaker", "PhotoMakerModel",
+           "load_face_analysis", "load_facexlib", "FacePipeline", "PreparedFace", "id_cond_from",
+           "FaceNotFoundError", "PuLIDError"]
 
 _EXPORTS = {
     "load_pulid": "pulid_core.adapter",
@@ -17,6 +21,19 @@ _EXPORTS = {
     "load_eva_clip": "pulid_core.eva_clip",
     "EvaClip": "pulid_core.eva_clip",
     "ModelFileError": "pulid_core.errors",
+    "ModelFile": "pulid_core.models",
+    "ModelPaths": "pulid_core.models",
+    "registry": "pulid_core.models",
+    "missing_file_message": "pulid_core.models",
+    "load_photomaker": "pulid_core.photomaker.encoder",
+    "PhotoMakerModel": "pulid_core.photomaker.encoder",
+    "load_face_analysis": "pulid_core.face",
+    "load_facexlib": "pulid_core.face",
+    "FacePipeline": "pulid_core.face",
+    "PreparedFace": "pulid_core.face",
+    "id_cond_from": "pulid_core.face",
+    "FaceNotFoundError": "pulid_core.errors",
+    "PuLIDError": "pulid_core.errors",
 }
 
 

@@ -240,14 +240,29 @@ def _is_checkpoint_loader(node: dict) -> bool:
 
 
 def stand_in_missing_models(prompt: dict, models: Path, overlay: Path) -> list[str]:
-    """Replace what ``models`` lacks by tiny stand-ins (in ``overlay``); returns what was replaced."""
+    """Replace what ``models`` lacks by tiny stand-ins (files in ``overlay``); returns what was replaced."""
+    from comfy_testpack.stand_ins import WRITERS
+
     replaced = []
     for node_id, node in prompt.items():
         if _is_checkpoint_loader(node):
             name = node["inputs"].get("ckpt_name", "")
-            if not (Path(models) / "checkpoints" / name).is_file():
+            if not (Path(models) / "checkpoints" / name).is_file() or not (Path(models) / "checkpoints" / name).stat().st_size:
                 use_tiny_checkpoints({node_id: node})
                 replaced.append(f"checkpoints/{name} -> tiny SDXL (node {node_id})")
+            continue
+        for name, value in node["inputs"].items():
+            entry = WRITERS.get((node["class_type"], name))
+            if entry is None or not isinstance(value, str):
+                continue
+            folder, write = entry
+            if (Path(models) / folder / value).exists():
+                continue
+            target = Path(overlay) / folder / value
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write(target)
+            replaced.append(f"{folder}/{value} -> tiny stand-in (node {node_id})")
     return replaced
 
 

@@ -1,0 +1,64 @@
+"""PhotoMaker's ID-image preprocessing: the HF ``CLIPImageProcessor()`` defaults, without transformers.
+
+The authors feed the whole image (no face crop): PIL bicubic resize of the shortest side to
+224 on uint8 (long side floored), centre crop, /255, OpenAI CLIP mean/std. ComfyUI's
+``clip_preprocess`` (torch bicubic, antialias, rounded size) is close but not bit-equal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import PuLIDError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _to_uint8(image) -> np.ndarray:
+    """HWC RGB uint8 from a uint8 array or a ComfyUI float image in [0, 1] (rounded, as PIL conversion)."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        if image.is_floating_point():
+            image = image.float()
+        image = image.numpy()
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise PuLIDError(f"An ID image must be H x W x 3 (RGB), got shape {image.shape}.")
+    image = image[..., :3]
+    if image.dtype == np.uint8:
+        return np.ascontiguousarray(image)
+    if np.issubdtype(image.dtype, np.floating):
+        return np.round(np.clip(image.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+    raise PuLIDError(f"An ID image must be uint8 or float in [0, 1], got {image.dtype}.")
+
+
+def preprocess_id_image(image, size: int = 224) -> torch.Tensor:
+    """One RGB image (HWC, uint8 or float in [0, 1]) -> normalised pixels [3, size, size] float32."""
+    pixels = _to_uint8(image)
+    h, w = pixels.shape[:2]
+    if min(h, w) == 0:
+        raise PuLIDError("An ID image is empty (0 pixels).")
+    # HF get_resize_output_image_size: short side -> size, long side = int(size * long / short).
+    if h <= w:
+        new_h, new_w = size, int(size * w / h)
+    else:
+        new_h, new_w = int(size * h / w), size
+    resized = np.asarray(Image.fromarray(pixels).resize((new_w, new_h), resample=Image.BICUBIC))
+    # HF center_crop: top/left offsets rounded down.
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    crop = resized[top : top + size, left : left + size]
+    x = (crop.astype(np.float64) * (1 / 255)).astype(np.float32)
+    x = (x - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def preprocess_id_images(images, size: int = 224) -> torch.Tensor:
+    """A ComfyUI IMAGE batch [N, H, W, 3] or a list of HWC images -> [N, 3, size, size] float32."""
+    if isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 3:
+        images = images[None]
+    if len(images) == 0:
+        raise PuLIDError("No ID image given: connect at least one reference photo of the person.")
+    return torch.stack([preprocess_id_image(img, size) for img in images])
