@@ -3,10 +3,11 @@
 import os
 import sys
 
-# The nodes import the framework-free library as ``pulid_core``.
+# The nodes import the framework-free library as ``pulid_core``. Appended, not
+# prepended: our ``nodes`` package must never shadow ComfyUI's ``nodes`` module.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+    sys.path.append(_HERE)
 
 try:
     from comfy_api.latest import ComfyExtension

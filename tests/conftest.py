@@ -8,6 +8,10 @@ for path in (TESTS, TESTS.parent):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+# Bind the name ``tests`` to this directory now: the in-process tier later puts
+# ComfyUI on sys.path, whose own ``tests`` package would otherwise win.
+import tests  # noqa: E402, F401
+
 import pytest  # noqa: E402
 
 import comfy_harness  # noqa: E402

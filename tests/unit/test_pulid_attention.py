@@ -1,0 +1,150 @@
+"""PuLID ID attention (none / ortho / ortho_v2) against the official IDAttnProcessor2_0 outputs.
+
+The layer-1 ID K/V weights of a reduced adapter are the golden ``attn.c640.id_to_k/v``
+weights, so the ID keys and values come from the public ``PuLIDModel.id_kv``.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pulid_core import id_attention, load_pulid
+from pulid_core.errors import PuLIDError
+from tests import detfill
+
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
+TOL = 2e-5  # golden README: attention outputs
+HEADS = 10  # C = 640 = 10 x 64
+
+# golden key -> (num_zero, projection, ID tokens); README table
+MODES = {
+    "plain": (0, "none", "id_T10"),
+    "ortho": (16, "ortho", "id_T10"),
+    "ortho_v2": (8, "ortho_v2", "id_T10"),
+    "ortho_v2_z20": (20, "ortho_v2", "id_T32"),
+}
+CASES = [(mode, scale) for mode in MODES for scale in (0.8, 2.5)]
+
+
+def fill(name, shape):
+    return torch.from_numpy(detfill.tensor(name, shape, "pub:"))
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return load_file(GOLDEN / "pulid_attention.safetensors")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_pulid_state_dict):
+    state = tiny_pulid_state_dict("v1", context_dim=2048)
+    state["id_adapter_attn_layers.1.id_to_k.weight"] = fill("attn.c640.id_to_k.weight", (640, 2048))
+    state["id_adapter_attn_layers.1.id_to_v.weight"] = fill("attn.c640.id_to_v.weight", (640, 2048))
+    return load_pulid(state)
+
+
+def id_tokens(name):
+    return fill(f"input.attn.c640.{name}", (2, 10 if name == "id_T10" else 32, 2048))
+
+
+def kv(model, mode):
+    num_zero, _, tokens = MODES[mode]
+    return model.id_kv(1, id_tokens(tokens), num_zero=num_zero)
+
+
+def test_id_kv_zero_rows_and_shapes(model):
+    assert model.layer_widths[1] == 640
+    tokens = id_tokens("id_T10")
+    k, v = model.id_kv(1, tokens, num_zero=16)
+    assert k.shape == v.shape == (2, 26, 640)
+    assert torch.count_nonzero(k[:, 10:]) == 0 and torch.count_nonzero(v[:, 10:]) == 0
+    # Bias-free projection E W^T, written out independently.
+    wk = fill("attn.c640.id_to_k.weight", (640, 2048)).double()
+    assert (k[:, :10].double() - tokens.double() @ wk.T).abs().max() <= 1e-4
+    assert model.id_kv(1, tokens)[0].shape == (2, 10, 640)
+    with pytest.raises(PuLIDError, match="odd numbers"):
+        model.id_kv(2, tokens)
+    with pytest.raises(PuLIDError, match="num_zero"):
+        model.id_kv(1, tokens, num_zero=-1)
+
+
+@pytest.mark.parametrize("mode, scale", CASES)
+def test_matches_official(model, golden, mode, scale):
+    k, v = kv(model, mode)
+    out = id_attention(golden["c640.base"], golden["c640.q"], k, v, HEADS, scale, MODES[mode][1])
+    expected = golden[f"c640.{mode}.s{scale}"]
+    assert out.shape == expected.shape and out.dtype == torch.float32
+    assert (out - expected).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_per_row_weight(model, golden, mode):
+    # Row 0 (uncond) at 0.8 and row 1 (cond) at 2.5 in one call.
+    k, v = kv(model, mode)
+    for weight in (torch.tensor([0.8, 2.5]), torch.tensor([0.8, 2.5]).view(2, 1, 1)):
+        out = id_attention(golden["c640.base"], golden["c640.q"], k, v, HEADS, weight, MODES[mode][1])
+        assert (out[0] - golden[f"c640.{mode}.s0.8"][0]).abs().max() <= TOL
+        assert (out[1] - golden[f"c640.{mode}.s2.5"][1]).abs().max() <= TOL
+
+
+def reference_attention(q, k, v, heads):
+    """Softmax attention written out, standing in for a ComfyUI backend."""
+    b, n, c = q.shape
+    q, k, v = (t.reshape(b, -1, heads, c // heads).transpose(1, 2) for t in (q, k, v))
+    w = (q @ k.transpose(-2, -1) / (c // heads) ** 0.5).softmax(-1)
+    return (w @ v).transpose(1, 2).reshape(b, n, c)
+
+
+def test_custom_attention_backend(model, golden):
+    calls = []
+
+    def backend(q, k, v, heads):
+        calls.append((q.shape, k.shape, heads))
+        return reference_attention(q, k, v, heads)
+
+    k, v = kv(model, "ortho_v2")
+    out = id_attention(golden["c640.base"], golden["c640.q"], k, v, HEADS, 0.8, "ortho_v2", attention=backend)
+    assert calls == [((2, 64, 640), (2, 18, 640), HEADS)]
+    assert (out - golden["c640.ortho_v2.s0.8"]).abs().max() <= TOL
+
+
+def test_mask_and_zero_weight(model, golden):
+    base, q = golden["c640.base"], golden["c640.q"]
+    k, v = kv(model, "ortho")
+    full = id_attention(base, q, k, v, HEADS, 2.5, "ortho")
+    assert torch.equal(id_attention(base, q, k, v, HEADS, 0.0, "ortho"), base)
+    assert torch.equal(id_attention(base, q, k, v, HEADS, 2.5, "ortho", mask=torch.ones(2, 64, 1)), full)
+    mask = torch.zeros(2, 64)
+    mask[:, :32] = 1.0
+    masked = id_attention(base, q, k, v, HEADS, 2.5, "ortho", mask=mask)
+    assert torch.equal(masked[:, :32], full[:, :32])
+    assert torch.equal(masked[:, 32:], base[:, 32:])
+
+
+def test_single_row_keys_serve_the_batch(model, golden):
+    base, q = golden["c640.base"], golden["c640.q"]
+    k, v = kv(model, "plain")
+    out = id_attention(base, q, k[1:], v[1:], HEADS, 0.8, "none")
+    assert (out[1] - golden["c640.plain.s0.8"][1]).abs().max() <= TOL
+    with pytest.raises(PuLIDError, match="cannot serve"):
+        id_attention(base, q, torch.cat([k, k]), torch.cat([v, v]), HEADS, 0.8, "none")
+
+
+def test_fp16_keeps_dtype(model, golden):
+    base, q = golden["c640.base"].half(), golden["c640.q"].half()
+    k, v = kv(model, "ortho_v2")
+    out = id_attention(base, q, k, v, HEADS, 0.8, "ortho_v2")
+    assert out.dtype == torch.float16
+    # fp16 rounding of inputs and of the attention only
+    assert (out.float() - golden["c640.ortho_v2.s0.8"]).abs().max() <= 2e-2
+
+
+def test_rejects_bad_arguments(model, golden):
+    base, q = golden["c640.base"], golden["c640.q"]
+    k, v = kv(model, "plain")
+    with pytest.raises(PuLIDError, match="Unknown PuLID projection"):
+        id_attention(base, q, k, v, HEADS, 1.0, "orthogonal")
+    with pytest.raises(PuLIDError, match="shapes do not fit"):
+        id_attention(base, q, k[..., :320], v[..., :320], HEADS, 1.0, "none")
