@@ -99,7 +99,11 @@ def id_attention(
     else:
         out = base.float()
         ident = ident.float()
-        proj = (out * ident).sum(dim=-2, keepdim=True) / (out * out).sum(dim=-2, keepdim=True) * out
+        energy = (out * out).sum(dim=-2, keepdim=True)
+        # A channel where H is 0 at every token (e.g. a zeroed negative prompt) has nothing to
+        # project onto; the authors' 0/0 would turn the whole image into NaN.
+        coeff = torch.where(energy > 0, (out * ident).sum(dim=-2, keepdim=True) / energy.clamp_min(1e-30), 0.0)
+        proj = coeff * out
         if projection == "ortho":
             term = ident - proj
         else:

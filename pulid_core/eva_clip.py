@@ -87,6 +87,11 @@ class EvaClip(nn.Module):
     def device(self) -> torch.device:
         return self.trunk.patch_embed.proj.weight.device
 
+    @device.setter
+    def device(self, _value) -> None:
+        # ComfyUI's ModelPatcher records the device on the model; the weights already say it.
+        pass
+
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         size = self.image_size
         if pixels.ndim != 4 or pixels.shape[1] != 3 or tuple(pixels.shape[2:]) != (size, size):

@@ -50,6 +50,10 @@ def main(argv=None) -> int:
         server.wait_ready()
         prompt = comfy_harness.to_api(comfy_harness.load_workflow(workflow), server.object_info())
         stand_ins = comfy_harness.stand_in_missing_models(prompt, models, work / "models")
+        if stand_ins:
+            # Tiny stand-ins only fit the tiny SDXL: then the whole graph runs tiny.
+            comfy_harness.use_tiny_checkpoints(prompt)
+            comfy_harness.shrink_for_tiny_models(prompt)
         comfy_harness.provide_input_images(prompt, server.input_dir, args.image)
         entry = server.wait_history(server.queue(prompt))
         error = comfy_harness.execution_error(entry)

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 TESTPACK = REPO / "tests" / "comfy_testpack"
 PACK_NAME = "comfyui-pulid"
 # Model folder keys the graphs of this pack read.
-MODEL_KEYS = ("checkpoints", "loras", "pulid", "eva_clip", "insightface", "facexlib", "photomaker")
+MODEL_KEYS = ("checkpoints", "loras", "pulid", "eva_clip", "insightface", "facexlib", "photomaker", "pulid_embeds")
 
 
 def comfyui_dir() -> Path | None:
@@ -239,31 +239,58 @@ def _is_checkpoint_loader(node: dict) -> bool:
     return node["class_type"] in ("CheckpointLoaderSimple", "CheckpointLoader")
 
 
+def _model_present(models: Path, folder: str, name: str) -> bool:
+    base = Path(models) / folder
+    # InsightFace packs live in <insightface>/models/<pack>.
+    return (base / name).exists() or (folder == "insightface" and (base / "models" / name).is_dir())
+
+
 def stand_in_missing_models(prompt: dict, models: Path, overlay: Path) -> list[str]:
     """Replace what ``models`` lacks by tiny stand-ins (files in ``overlay``); returns what was replaced."""
     from comfy_testpack.stand_ins import WRITERS
+    from comfy_testpack.stand_ins_pulid import IMPLICIT, IMPLICIT_WRITERS
 
     replaced = []
+
+    def ensure(folder, name, write, node_id):
+        if _model_present(models, folder, name):
+            return
+        target = Path(overlay) / folder / name
+        if not _model_present(overlay, folder, name):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write(target)
+        replaced.append(f"{folder}/{name} -> tiny stand-in (node {node_id})")
+
     for node_id, node in prompt.items():
         if _is_checkpoint_loader(node):
-            name = node["inputs"].get("ckpt_name", "")
-            if not (Path(models) / "checkpoints" / name).is_file() or not (Path(models) / "checkpoints" / name).stat().st_size:
+            ckpt = Path(models) / "checkpoints" / node["inputs"].get("ckpt_name", "")
+            if not ckpt.is_file() or not ckpt.stat().st_size:  # empty: a test placeholder
                 use_tiny_checkpoints({node_id: node})
-                replaced.append(f"checkpoints/{name} -> tiny SDXL (node {node_id})")
+                replaced.append(f"checkpoints/{ckpt.name} -> tiny SDXL (node {node_id})")
             continue
+        if node["class_type"] in IMPLICIT:
+            folder, name = IMPLICIT[node["class_type"]]
+            ensure(folder, name, IMPLICIT_WRITERS[folder], node_id)
         for name, value in node["inputs"].items():
             entry = WRITERS.get((node["class_type"], name))
-            if entry is None or not isinstance(value, str):
-                continue
-            folder, write = entry
-            if (Path(models) / folder / value).exists():
-                continue
-            target = Path(overlay) / folder / value
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                write(target)
-            replaced.append(f"{folder}/{value} -> tiny stand-in (node {node_id})")
+            if entry is not None and isinstance(value, str):
+                ensure(entry[0], value, entry[1], node_id)
     return replaced
+
+
+def shrink_for_tiny_models(prompt: dict, size: int = 128, max_steps: int = 4) -> None:
+    """Tiny models run the graph at a small size and few steps (CPU test time), same settings otherwise."""
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "EmptyLatentImage":
+            inputs["width"] = inputs["height"] = size
+        elif node["class_type"] == "SolidMask":
+            inputs["width"] = size if inputs["width"] > size // 2 else size // 2
+            inputs["height"] = size
+        elif node["class_type"] == "MaskComposite" and inputs.get("x", 0):
+            inputs["x"] = size // 2
+        elif node["class_type"] in ("KSampler", "KSamplerAdvanced"):
+            inputs["steps"] = min(inputs["steps"], max_steps)
 
 
 def provide_input_images(prompt: dict, input_dir: Path, image: Path | None) -> None:

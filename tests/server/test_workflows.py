@@ -33,6 +33,8 @@ def test_shipped_workflow_runs(comfy_server, path: Path):
     workflow = json.loads(path.read_text())
     prompt = comfy_harness.to_api(workflow, comfy_server.info)
     assert comfy_harness.use_tiny_checkpoints(prompt), "every shipped workflow starts from a checkpoint"
+    comfy_harness.shrink_for_tiny_models(prompt)
+    comfy_harness.provide_input_images(prompt, comfy_server.input_dir, None)
     entry = comfy_server.wait_history(comfy_server.queue(prompt))
     assert entry["status"]["status_str"] == "success", comfy_harness.execution_error(entry)
     files = comfy_server.output_files(entry)

@@ -148,3 +148,19 @@ def test_rejects_bad_arguments(model, golden):
         id_attention(base, q, k, v, HEADS, 1.0, "orthogonal")
     with pytest.raises(PuLIDError, match="shapes do not fit"):
         id_attention(base, q, k[..., :320], v[..., :320], HEADS, 1.0, "none")
+
+
+@pytest.mark.parametrize("projection", ["ortho", "ortho_v2"])
+def test_zero_text_attention_row_stays_finite(projection):
+    # A zeroed negative prompt gives H = 0 at every token of that row: nothing to project
+    # onto, so the ID term is added unprojected instead of 0/0 = NaN.
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 16, 64, generator=gen)
+    k = torch.randn(2, 6, 64, generator=gen)
+    base = torch.randn(2, 16, 64, generator=gen)
+    base[0] = 0.0
+    out = id_attention(base, q, k, k, 4, 0.8, projection)
+    plain = id_attention(base, q, k, k, 4, 0.8, "none")
+    assert torch.isfinite(out).all()
+    if projection == "ortho":
+        torch.testing.assert_close(out[0], plain[0])

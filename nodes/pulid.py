@@ -1,0 +1,323 @@
+"""Apply PuLID to an SDXL MODEL: face → ID tokens → attn2 patches on all 70 layers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management as mm
+import comfy.utils
+from pulid_core.errors import PuLIDError
+from pulid_core.layers import MODULE_INDEX_BY_COMFY_KEY
+
+from .attn_patch import IDAttnPatch, IDContext
+from .loaders import EvaClipModel, PuLIDAdapter
+from .types import EvaClip, FaceAnalysis, PuLID
+
+log = logging.getLogger(__name__)
+
+# (projection, num_zero) per method, as the authors' apps set them. v1.1 has one
+# official setting (ortho_v2 + 20 zero tokens); style/neutral keep v1's projections.
+METHODS = {
+    "v1": {"fidelity": ("ortho_v2", 8), "style": ("ortho", 16), "neutral": ("none", 0)},
+    "v1.1": {"fidelity": ("ortho_v2", 20), "style": ("ortho", 20), "neutral": ("none", 0)},
+}
+PROJECTIONS = ["ortho_v2", "ortho", "none"]
+SELECTIONS = ["largest", "center", "left_to_right", "top_to_bottom", "large_to_small"]
+COMBINES = ["average", "concat"]
+V1_EXTRA_IMAGE_TOKENS = 5  # the official v1 app adds the first 5 tokens of each extra image
+
+
+@dataclass(frozen=True)
+class IDEmbeds:
+    """ID tokens of one identity, ready to apply: cond and uncond [1, T, D] fp32 on the CPU."""
+
+    version: str
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    images: int
+    combine: str
+    metadata: dict = field(default_factory=dict)
+
+
+# -- model checks ------------------------------------------------------------------
+def cross_attn_layers(model, adapter: PuLIDAdapter) -> list[tuple[tuple, int]]:
+    """(ComfyUI attn2 key, checkpoint module index) for every cross-attention layer.
+
+    Found by walking the UNet, then checked against SDXL's 70 layers and the adapter's
+    widths, so SD1.5, the refiner and distilled UNets are refused with a reason.
+    """
+    try:
+        unet = model.get_model_object("diffusion_model")
+    except AttributeError as exc:
+        raise PuLIDError("The model input is not a ComfyUI MODEL.") from exc
+    found = {}
+    for name, blocks in (("input", getattr(unet, "input_blocks", [])), ("middle", [getattr(unet, "middle_block", [])]),
+                         ("output", getattr(unet, "output_blocks", []))):
+        for i, block in enumerate(blocks):
+            for layer in block:
+                for j, tb in enumerate(getattr(layer, "transformer_blocks", [])):
+                    if getattr(tb, "attn2", None) is not None:
+                        found[(name, 0 if name == "middle" else i, j)] = tb.attn2
+    expected = set(MODULE_INDEX_BY_COMFY_KEY)
+    if set(found) != expected:
+        context = next(iter(found.values())).to_k.in_features if found else None
+        kind = {768: "an SD1.5 model", 1024: "an SD2 model", 1280: "the SDXL refiner"}.get(context)
+        if kind is None and context == 2048:
+            kind = "a distilled SDXL (SSD-1B, Vega, KOALA…)"
+        raise PuLIDError(
+            f"PuLID for SDXL needs a full SDXL UNet with its 70 cross-attention layers; this model has "
+            f"{len(found)}{f' ({kind})' if kind else ''}. Use an SDXL base model or an SDXL fine-tune "
+            "(Pony, Illustrious, Juggernaut, Lightning...)."
+        )
+    widths = adapter.model.layer_widths
+    layers = []
+    for key, attn in found.items():
+        index = MODULE_INDEX_BY_COMFY_KEY[key]
+        width = attn.to_q.out_features
+        if widths[index] != width:
+            raise PuLIDError(
+                f"The PuLID adapter {adapter.filename} does not fit this UNet: layer {key} is {width} wide, "
+                f"the adapter's is {widths[index]}."
+            )
+        layers.append((key, index))
+    return layers
+
+
+def check_adapter(pulid, node: str) -> PuLIDAdapter:
+    if not isinstance(pulid, PuLIDAdapter):
+        raise PuLIDError(
+            f"{node}: the pulid input must come from 'Load PuLID Model' of this pack; got "
+            f"{type(pulid).__name__} (from another PuLID pack?)."
+        )
+    return pulid
+
+
+def method_settings(version: str, method: str) -> tuple[str, int]:
+    try:
+        return METHODS[version][method]
+    except KeyError as exc:
+        raise PuLIDError(f"Unknown PuLID method {method!r}; use fidelity, style or neutral.") from exc
+
+
+# -- encoding ----------------------------------------------------------------------
+def _offload(patcher) -> None:
+    """Give a run-once encoder's device memory back right away (ComfyUI would keep it loaded)."""
+    for i, loaded in enumerate(list(mm.current_loaded_models)):
+        if loaded.model is patcher:
+            loaded.model_unload()
+            mm.current_loaded_models.pop(i)
+            break
+
+
+def _previews(prepared) -> torch.Tensor:
+    """Per face: the aligned crop | the masked grey face EVA-CLIP sees, as an IMAGE batch."""
+    rows = []
+    for face in prepared:
+        crop = face.crop_bgr[:, :, ::-1].astype(np.float32) / 255.0
+        features = face.features_rgb if face.features_rgb is not None else np.ones_like(crop)
+        rows.append(np.concatenate([crop, features.astype(np.float32)], axis=1))
+    return torch.from_numpy(np.stack(rows))
+
+
+def encode_faces(adapter: PuLIDAdapter, eva: EvaClipModel, face_pipeline, image, *, node: str,
+                 selection="largest", on_no_face="error", combine="average", noise: float = 0.0):
+    """Reference image(s) → (IDEmbeds, preview IMAGE)."""
+    if not isinstance(eva, EvaClipModel):
+        raise PuLIDError(f"{node}: the eva_clip input must come from 'Load EVA-CLIP (PuLID)' of this pack.")
+    if not hasattr(face_pipeline, "prepare_batch"):
+        raise PuLIDError(f"{node}: the face_analysis input must come from 'Load InsightFace + facexlib (PuLID)'.")
+    from pulid_core.face import id_cond_from
+
+    images = image if isinstance(image, (list, tuple)) else list(image)
+    bar = comfy.utils.ProgressBar(len(images) + 2)
+
+    def progress(done, total):
+        mm.throw_exception_if_processing_interrupted()
+        bar.update_absolute(done, len(images) + 2)
+
+    try:
+        prepared = face_pipeline.prepare_batch(images, on_no_face=on_no_face, selection=selection,
+                                               progress=progress)
+    except PuLIDError as exc:
+        raise PuLIDError(f"{node}: {exc}") from exc
+
+    mm.load_models_gpu([eva.patcher], force_full_load=True)
+    id_cond, hidden = id_cond_from(prepared, eva.patcher.model, device=eva.patcher.load_device,
+                                   dtype=torch.float32)
+    _offload(eva.patcher)
+    bar.update_absolute(len(images) + 1)
+
+    model = adapter.model
+    mm.load_models_gpu([adapter.patcher], force_full_load=True)
+    device = adapter.patcher.load_device
+    id_cond = id_cond.to(device)
+    hidden = [h.to(device) for h in hidden]
+    with torch.no_grad():
+        if noise:
+            # The Advanced node's "uncond noise": the negative ID comes from uniform noise
+            # instead of zeros (seeded: the same graph gives the same image).
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            u_cond = (torch.rand(id_cond[:1].shape, generator=gen) * noise).to(device)
+            u_hidden = [(torch.rand(h[:1].shape, generator=gen) * noise).to(device) for h in hidden]
+        if model.version == "v1.1":
+            # All images go through IDFormer together, as the official v1.1 pipeline does.
+            cond = model.encode(id_cond[None], [torch.cat(list(h), 0)[None] for h in hidden])
+            uncond = (model.encode(u_cond, u_hidden) if noise else model.encode_uncond(id_cond[:1], [h[:1] for h in hidden]))
+            combine = "idformer"
+        else:
+            per_image = model.encode(id_cond, hidden)  # [N, 10, D]
+            one_uncond = model.encode(u_cond, u_hidden) if noise else model.encode_uncond(id_cond[:1], [h[:1] for h in hidden])
+            if combine == "concat":
+                extra = per_image[1:, :V1_EXTRA_IMAGE_TOKENS].reshape(1, -1, per_image.shape[-1])
+                cond = torch.cat([per_image[:1], extra], dim=1)
+                extra_u = one_uncond[:, :V1_EXTRA_IMAGE_TOKENS].repeat(1, len(prepared) - 1, 1)
+                uncond = torch.cat([one_uncond, extra_u], dim=1)
+            else:
+                cond, uncond = per_image.mean(0, keepdim=True), one_uncond
+    _offload(adapter.patcher)
+    bar.update_absolute(len(images) + 2)
+    out = mm.intermediate_device()
+    embeds = IDEmbeds(model.version, cond.float().to(out), uncond.float().to(out), len(prepared), combine,
+                      {"adapter": adapter.filename, "skipped": len(images) - len(prepared)})
+    return embeds, _previews(prepared)
+
+
+# -- applying ----------------------------------------------------------------------
+def apply_embeds(model, adapter: PuLIDAdapter, embeds: IDEmbeds, *, node: str, weight: float, projection: str,
+                 num_zero: int, start_at: float, end_at: float, attn_mask=None):
+    """A clone of ``model`` whose 70 attn2 layers add this identity (chained onto any occupant)."""
+    if embeds.version != adapter.version:
+        raise PuLIDError(
+            f"{node}: these ID embeddings were made with PuLID {embeds.version}, the adapter is "
+            f"{adapter.version} ({adapter.filename}). Encode the face with the same PuLID model."
+        )
+    if start_at > end_at:
+        raise PuLIDError(f"{node}: start_at ({start_at}) must not be after end_at ({end_at}).")
+    layers = cross_attn_layers(model, adapter)
+    sampling = model.get_model_object("model_sampling")
+    mask = None
+    if attn_mask is not None:
+        mask = attn_mask if attn_mask.ndim == 3 else attn_mask.reshape(-1, *attn_mask.shape[-2:])
+    context = IDContext(adapter.patcher, embeds.cond, embeds.uncond, weight=weight, projection=projection,
+                        num_zero=num_zero, sigma_start=sampling.percent_to_sigma(start_at),
+                        sigma_end=sampling.percent_to_sigma(end_at), mask=mask)
+    patched = model.clone()
+    occupants = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    for key, index in layers:
+        upstream = occupants.get(key) or occupants.get(key[:2])
+        patched.set_model_attn2_replace(IDAttnPatch(context, index, upstream), key[0], key[1], key[2])
+    log.info("%s: PuLID %s on %d layers (%s, %d zero tokens, weight %.2f)", node, adapter.version, len(layers),
+             projection, num_zero, weight)
+    return patched
+
+
+def _selection(face_selection: str, face_index: int):
+    return face_selection if face_selection in ("largest", "center") else (face_selection, int(face_index))
+
+
+def _common_inputs():
+    return [
+        io.Model.Input("model"),
+        PuLID.Input("pulid"),
+        EvaClip.Input("eva_clip"),
+        FaceAnalysis.Input("face_analysis"),
+        io.Image.Input("image", tooltip="One or more photos of the same person (an image batch)."),
+    ]
+
+
+def _range_inputs(weight_default: float):
+    return [
+        io.Float.Input("weight", default=weight_default, min=-1.0, max=5.0, step=0.05,
+                       tooltip="id_scale: higher is more likeness, less editability (authors: 0.8)."),
+        io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.001),
+        io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.001),
+    ]
+
+
+class PuLIDApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PuLIDApply",
+            display_name="Apply PuLID",
+            category="pulid",
+            description="Injects the identity of the face in `image` into every cross-attention layer of an "
+                        "SDXL model (PuLID v1 or v1.1, the authors' math).",
+            inputs=_common_inputs() + [
+                io.Combo.Input("method", options=["fidelity", "style", "neutral"], default="fidelity",
+                               tooltip="fidelity: ortho_v2 (v1: 8, v1.1: 20 zero tokens); style: ortho (v1: 16); "
+                                       "neutral: plain addition (lower the weight)"),
+            ] + _range_inputs(0.8) + [io.Mask.Input("attn_mask", optional=True,
+                                                     tooltip="Where the identity goes (several Apply nodes with "
+                                                             "masks put several people in one image).")],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, pulid, eva_clip, face_analysis, image, method, weight, start_at, end_at,
+                attn_mask=None):
+        adapter = check_adapter(pulid, "Apply PuLID")
+        projection, num_zero = method_settings(adapter.version, method)
+        cross_attn_layers(model, adapter)  # refuse a wrong model before the slow face work
+        embeds, _ = encode_faces(adapter, eva_clip, face_analysis, image, node="Apply PuLID")
+        return io.NodeOutput(apply_embeds(model, adapter, embeds, node="Apply PuLID", weight=weight,
+                                          projection=projection, num_zero=num_zero, start_at=start_at,
+                                          end_at=end_at, attn_mask=attn_mask))
+
+
+class PuLIDApplyAdvanced(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PuLIDApplyAdvanced",
+            display_name="Apply PuLID (Advanced)",
+            category="pulid",
+            description="Apply PuLID with every setting exposed: projection, zero tokens, uncond noise, which "
+                        "face, what to do without a face, how several photos combine.",
+            inputs=_common_inputs() + [
+                io.Combo.Input("method", options=["fidelity", "style", "neutral", "custom"], default="custom",
+                               tooltip="custom uses projection and num_zero below; the others set them as "
+                                       "Apply PuLID does"),
+            ] + _range_inputs(0.8) + [
+                io.Combo.Input("projection", options=PROJECTIONS, default="ortho_v2"),
+                io.Int.Input("num_zero", default=8, min=0, max=80,
+                             tooltip="Zero tokens diluting the ID attention: more = more editable, less "
+                                     "likeness (authors: v1 fidelity 8, style 16; v1.1 20)."),
+                io.Float.Input("uncond_noise", default=0.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="0: the negative ID is the encoder on zeros (authors). >0: on uniform "
+                                       "noise of that size."),
+                io.Combo.Input("face_selection", options=SELECTIONS, default="largest"),
+                io.Int.Input("face_index", default=0, min=0, max=64,
+                             tooltip="For the ordered selections: which face (0 = first)."),
+                io.Combo.Input("on_no_face", options=["error", "skip"], default="error",
+                               tooltip="skip drops photos without a face (the node errors if none is left)."),
+                io.Combo.Input("combine", options=COMBINES, default="average",
+                               tooltip="v1 with several photos: average the ID tokens, or concatenate (the "
+                                       "official app). v1.1 always encodes all photos together."),
+                io.Mask.Input("attn_mask", optional=True),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, pulid, eva_clip, face_analysis, image, method, weight, start_at, end_at, projection,
+                num_zero, uncond_noise, face_selection, face_index, on_no_face, combine, attn_mask=None):
+        node = "Apply PuLID (Advanced)"
+        adapter = check_adapter(pulid, node)
+        if method != "custom":
+            projection, num_zero = method_settings(adapter.version, method)
+        cross_attn_layers(model, adapter)
+        embeds, _ = encode_faces(adapter, eva_clip, face_analysis, image, node=node,
+                                 selection=_selection(face_selection, face_index), on_no_face=on_no_face,
+                                 combine=combine, noise=uncond_noise)
+        return io.NodeOutput(apply_embeds(model, adapter, embeds, node=node, weight=weight, projection=projection,
+                                          num_zero=num_zero, start_at=start_at, end_at=end_at,
+                                          attn_mask=attn_mask))
+
+
+NODES = [PuLIDApply, PuLIDApplyAdvanced]

@@ -1,0 +1,162 @@
+"""Tiny PuLID, EVA-CLIP, InsightFace and facexlib files for the tiny test SDXL.
+
+Every file has the real key structure (or ONNX signature) and random weights, so
+the pack's loaders read it exactly as they read the real one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from .stand_ins import writer
+from .tiny_models import TINY_CONTEXT_DIM
+
+REPO = Path(__file__).resolve().parents[2]
+LAYOUTS = REPO / "tests" / "data" / "golden" / "checkpoint_layouts.json"
+
+EVA_WIDTH, EVA_OUT, EVA_HIDDEN, EVA_GRID = 64, 32, 96, 2  # 28x28 pixels, patch 14
+ARCFACE_DIM = 512
+ID_DIM = ARCFACE_DIM + EVA_OUT
+TOKEN_DIM = 48  # width of the tiny ID tokens
+# Cross-attention widths of the tiny SDXL (model_channels 32, levels x2 and x4).
+TINY_WIDTH = {640: 64, 1280: 128}
+
+
+def _layout(title_start: str) -> dict:
+    layouts = json.loads(LAYOUTS.read_text())
+    return next(v for k, v in layouts.items() if k.startswith(title_start))
+
+
+def _random(shapes: dict, seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape in shapes.items():
+        if key.endswith(".weight") and len(shape) == 1:
+            out[key] = 1.0 + 0.02 * torch.randn(shape, generator=gen)
+        else:
+            fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+            out[key] = torch.randn(shape, generator=gen) * (0.5 / fan_in**0.5 if len(shape) > 1 else 0.02)
+    return out
+
+
+def _mlp(prefix, d_in, hidden, d_out):
+    return {f"{prefix}.0.weight": (hidden, d_in), f"{prefix}.0.bias": (hidden,), f"{prefix}.1.weight": (hidden,),
+            f"{prefix}.1.bias": (hidden,), f"{prefix}.3.weight": (hidden, hidden), f"{prefix}.3.bias": (hidden,),
+            f"{prefix}.4.weight": (hidden,), f"{prefix}.4.bias": (hidden,), f"{prefix}.6.weight": (d_out, hidden),
+            f"{prefix}.6.bias": (d_out,)}
+
+
+def tiny_pulid_shapes(version: str) -> dict:
+    """The official layout's keys; sizes fit the tiny EVA (width 64, out 32) and the tiny SDXL."""
+    hidden = 32
+    shapes = {}
+    if version == "v1":
+        shapes.update(_mlp("body", ID_DIM, hidden, 5 * TOKEN_DIM))
+        for i in range(5):
+            shapes.update(_mlp(f"mapping_{i}", EVA_WIDTH, hidden, TOKEN_DIM))
+            shapes.update(_mlp(f"mapping_patch_{i}", EVA_WIDTH, hidden, TOKEN_DIM))
+    else:
+        dim, inner = 64, 64
+        shapes["latents"] = (1, 32, dim)
+        shapes["proj_out"] = (dim, TOKEN_DIM)
+        for n in range(10):
+            p = f"layers.{n}"
+            for norm in ("norm1", "norm2"):
+                shapes[f"{p}.0.{norm}.weight"] = shapes[f"{p}.0.{norm}.bias"] = (dim,)
+            shapes[f"{p}.0.to_q.weight"] = (inner, dim)
+            shapes[f"{p}.0.to_kv.weight"] = (2 * inner, dim)
+            shapes[f"{p}.0.to_out.weight"] = (dim, inner)
+            shapes[f"{p}.1.0.weight"] = shapes[f"{p}.1.0.bias"] = (dim,)
+            shapes[f"{p}.1.1.weight"] = (4 * dim, dim)
+            shapes[f"{p}.1.3.weight"] = (dim, 4 * dim)
+        for i in range(5):
+            shapes.update(_mlp(f"mapping_{i}", EVA_WIDTH, hidden, dim))
+        shapes.update(_mlp("id_embedding_mapping", ID_DIM, hidden, 5 * dim))
+    out = {f"id_adapter.{k}": s for k, s in shapes.items()}
+    real = _layout("pulid_v1.bin")
+    for key, shape in real.items():
+        if key.startswith("id_adapter_attn_layers."):
+            out[key] = (TINY_WIDTH[shape[0]], TOKEN_DIM)
+    return out
+
+
+def _ipadapter_names(state: dict) -> dict:
+    out = {}
+    for key, value in state.items():
+        key = key.replace("id_adapter_attn_layers.", "ip_adapter.").replace("id_adapter.", "image_proj.")
+        out[key.replace(".id_to_k.", ".to_k_ip.").replace(".id_to_v.", ".to_v_ip.")] = value
+    return out
+
+
+@writer(("PuLIDModelLoader", "PulidModelLoader"), "pulid_file", "pulid")
+def write_tiny_pulid(path: Path) -> None:
+    version = "v1.1" if "1.1" in path.name else "v1"
+    state = _random(tiny_pulid_shapes(version), seed=11 if version == "v1" else 12)
+    if path.name.startswith("ip-adapter"):
+        state = _ipadapter_names(state)
+    if path.suffix == ".safetensors":
+        save_file({k: v.half() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+
+
+def tiny_eva_state_dict() -> dict:
+    """The official EVA02-CLIP-L visual keys at width 64, depth 24, 2x2 patches."""
+    dims = {1024: EVA_WIDTH, 2730: EVA_HIDDEN, 768: EVA_OUT, 577: EVA_GRID * EVA_GRID + 1}
+    layout = _layout("EVA02_CLIP_L_336_psz14_s6B.pt")
+    shapes = {k: tuple(dims.get(s, s) for s in shape) for k, shape in layout.items()}
+    return _random(shapes, seed=13)
+
+
+@writer(("PuLIDEvaClipLoader",), "eva_clip", "eva_clip")
+def write_tiny_eva(path: Path) -> None:
+    state = tiny_eva_state_dict()
+    if path.suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+
+
+# The face box the synthetic detector reports, in its 640x640 input (the middle of a square photo).
+STAND_IN_FACE_BOX = (200.0, 150.0, 440.0, 450.0)
+
+
+@writer(("PuLIDInsightFaceLoader",), "pack", "insightface")
+def write_tiny_face_models(path: Path) -> None:
+    """An InsightFace pack (synthetic SCRFD + ArcFace ONNX) and random facexlib weights.
+
+    ``path`` is <insightface>/<pack>; packs live in <insightface>/models/<pack>.
+    """
+    from tests.unit import face_models
+
+    kps, _ = face_models.kps_for_box(STAND_IN_FACE_BOX)
+    face_models.make_pack(str(path.parent / "models" / path.name), [(np.array(STAND_IN_FACE_BOX), kps, 0.9)],
+                          extra=False)
+    facexlib = path.parent.parent / "facexlib"
+    facexlib.mkdir(parents=True, exist_ok=True)
+    if not (facexlib / "detection_Resnet50_Final.pth").exists():
+        torch.save(face_models.retinaface_state_dict(), facexlib / "detection_Resnet50_Final.pth")
+    if not (facexlib / "parsing_bisenet.pth").exists():
+        torch.save(face_models.bisenet_state_dict(), facexlib / "parsing_bisenet.pth")
+
+
+@writer(("PuLIDLoadEmbeds",), "embeds_file", "pulid_embeds")
+def write_tiny_embeds(path: Path) -> None:
+    """ID embeddings as 'Save PuLID Embeds' writes them, for the tiny v1.1 adapter."""
+    gen = torch.Generator().manual_seed(14)
+    tensors = {"cond": torch.randn(1, 32, TOKEN_DIM, generator=gen), "uncond": torch.randn(1, 32, TOKEN_DIM, generator=gen)}
+    save_file(tensors, str(path), metadata={"format": "comfyui-pulid/id-embeds/1", "pulid_version": "v1.1",
+                                            "images": "1", "combine": "average", "extra": "{}"})
+
+
+# Loaders without a file input (cubiq's ids) and the (folder, name) they look for.
+IMPLICIT = {
+    "PulidInsightFaceLoader": ("insightface", "antelopev2"),
+    "PulidEvaClipLoader": ("eva_clip", "EVA02_CLIP_L_336_psz14_s6B.pt"),
+}
+IMPLICIT_WRITERS = {"insightface": write_tiny_face_models, "eva_clip": write_tiny_eva}
