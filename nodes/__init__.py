@@ -13,6 +13,7 @@ LEGACY_IDS = ("PulidModelLoader", "PulidInsightFaceLoader", "PulidEvaClipLoader"
 def cubiq_pack_installed() -> bool:
     """True when cubiq/PuLID_ComfyUI is installed (enabled) next to this pack."""
     import folder_paths
+
     import nodes as comfy_nodes
 
     if any(node_id in comfy_nodes.NODE_CLASS_MAPPINGS for node_id in LEGACY_IDS):

@@ -5,14 +5,24 @@ from __future__ import annotations
 import json
 import os
 
+import folder_paths
 import safetensors.torch
 from comfy_api.latest import io
 
-import folder_paths
 from pulid_core.errors import PuLIDError
 
-from .pulid import (COMBINES, PROJECTIONS, SELECTIONS, IDEmbeds, _range_inputs, _selection, apply_embeds,
-                    check_adapter, encode_faces, method_settings)
+from .pulid import (
+    COMBINES,
+    PROJECTIONS,
+    SELECTIONS,
+    IDEmbeds,
+    _range_inputs,
+    _selection,
+    apply_embeds,
+    check_adapter,
+    encode_faces,
+    method_settings,
+)
 from .types import EvaClip, FaceAnalysis, PuLID, PuLIDEmbeds
 
 EMBEDS_FOLDER = "pulid_embeds"

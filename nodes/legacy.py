@@ -7,9 +7,9 @@ not installed (see nodes/__init__.py).
 
 from __future__ import annotations
 
+import folder_paths
 from comfy_api.latest import io
 
-import folder_paths
 from pulid_core.errors import ModelFileError
 from pulid_core.models import missing_file_message, registry
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 
-import torch
-from comfy_api.latest import io
-
 import comfy.model_management as mm
 import comfy.model_patcher
 import folder_paths
+import torch
+from comfy_api.latest import io
 
 from . import folders
 from .types import EvaClip, FaceAnalysis, PuLID

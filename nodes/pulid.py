@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import comfy.model_management as mm
+import comfy.utils
 import numpy as np
 import torch
 from comfy_api.latest import io
 
-import comfy.model_management as mm
-import comfy.utils
 from pulid_core.errors import PuLIDError
 from pulid_core.layers import MODULE_INDEX_BY_COMFY_KEY
 

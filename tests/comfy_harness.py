@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 TESTPACK = REPO / "tests" / "comfy_testpack"
 PACK_NAME = "comfyui-pulid"
 # Model folder keys the graphs of this pack read.
-MODEL_KEYS = ("checkpoints", "loras", "pulid", "eva_clip", "insightface", "facexlib", "photomaker", "pulid_embeds")
+MODEL_KEYS = ("checkpoints", "diffusion_models", "loras", "pulid", "eva_clip", "insightface", "facexlib", "photomaker", "pulid_embeds")
 
 
 def comfyui_dir() -> Path | None:
@@ -192,8 +192,9 @@ class ComfyServer:
         files = []
         for out in entry.get("outputs", {}).values():
             for img in out.get("images", []):
-                if img.get("type") == "output":
-                    files.append(self.base / "output" / img.get("subfolder", "") / img["filename"])
+                folder = {"output": self.base / "output", "temp": self.tree / "temp"}.get(img.get("type"))
+                if folder is not None:
+                    files.append(folder / img.get("subfolder", "") / img["filename"])
         return files
 
 
@@ -213,6 +214,11 @@ def workflow_files() -> list[Path]:
     return sorted((REPO / "workflows").glob("*.json"))
 
 
+def legacy_workflow_files() -> list[Path]:
+    """Workflows saved with the archived cubiq/PuLID_ComfyUI pack (its node ids)."""
+    return sorted((REPO / "tests" / "data" / "workflows_cubiq").glob("*.json"))
+
+
 def to_api(workflow: dict, object_info: dict) -> dict:
     """UI-format workflow → API prompt, with comfy-cli's converter."""
     from comfy_cli.workflow_to_api import convert_ui_to_api
@@ -224,7 +230,7 @@ def use_tiny_checkpoints(prompt: dict) -> list[str]:
     """Swap every checkpoint loader for the test-only tiny SDXL; returns the swapped ids."""
     swapped = []
     for node_id, node in prompt.items():
-        if node["class_type"] in ("CheckpointLoaderSimple", "CheckpointLoader"):
+        if _is_checkpoint_loader(node):  # MODEL is output 0 of each, as of the tiny loader
             node["class_type"] = TINY_LOADER
             node["inputs"] = {"kind": "sdxl", "seed": 0, "v_prediction": False}
             swapped.append(node_id)
@@ -235,8 +241,13 @@ def load_workflow(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+CHECKPOINT_LOADERS = {"CheckpointLoaderSimple": ("checkpoints", "ckpt_name"),
+                      "CheckpointLoader": ("checkpoints", "ckpt_name"),
+                      "UNETLoader": ("diffusion_models", "unet_name")}
+
+
 def _is_checkpoint_loader(node: dict) -> bool:
-    return node["class_type"] in ("CheckpointLoaderSimple", "CheckpointLoader")
+    return node["class_type"] in CHECKPOINT_LOADERS
 
 
 def _model_present(models: Path, folder: str, name: str) -> bool:
@@ -263,10 +274,11 @@ def stand_in_missing_models(prompt: dict, models: Path, overlay: Path) -> list[s
 
     for node_id, node in prompt.items():
         if _is_checkpoint_loader(node):
-            ckpt = Path(models) / "checkpoints" / node["inputs"].get("ckpt_name", "")
+            folder, name = CHECKPOINT_LOADERS[node["class_type"]]
+            ckpt = Path(models) / folder / node["inputs"].get(name, "")
             if not ckpt.is_file() or not ckpt.stat().st_size:  # empty: a test placeholder
                 use_tiny_checkpoints({node_id: node})
-                replaced.append(f"checkpoints/{ckpt.name} -> tiny SDXL (node {node_id})")
+                replaced.append(f"{folder}/{ckpt.name} -> tiny SDXL (node {node_id})")
             continue
         if node["class_type"] in IMPLICIT:
             folder, name = IMPLICIT[node["class_type"]]
@@ -316,9 +328,9 @@ def prepare_models_dir(models: Path) -> None:
     Checkpoint files are empty placeholders, so the frontend finds the names in
     its combos; the graphs run with the tiny test SDXL swapped in for them.
     """
-    ckpts = models / "checkpoints"
-    ckpts.mkdir(parents=True, exist_ok=True)
-    for workflow in workflow_files():
+    for workflow in workflow_files() + legacy_workflow_files():
         for node in json.loads(workflow.read_text())["nodes"]:
-            if node["type"] in ("CheckpointLoaderSimple", "CheckpointLoader"):
-                (ckpts / node["widgets_values"][0]).touch()
+            if node["type"] in CHECKPOINT_LOADERS:
+                placeholder = models / CHECKPOINT_LOADERS[node["type"]][0] / node["widgets_values"][0]
+                placeholder.parent.mkdir(parents=True, exist_ok=True)
+                placeholder.touch()

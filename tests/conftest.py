@@ -10,11 +10,10 @@ for path in (TESTS, TESTS.parent):
 
 # Bind the name ``tests`` to this directory now: the in-process tier later puts
 # ComfyUI on sys.path, whose own ``tests`` package would otherwise win.
-import tests  # noqa: E402, F401
-
 import pytest  # noqa: E402
 
 import comfy_harness  # noqa: E402
+import tests  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +28,7 @@ def comfy_server(tmp_path_factory):
         server.wait_ready()
         # Tiny stand-ins for every model file the shipped workflows name.
         info = server.object_info()
-        for path in comfy_harness.workflow_files():
+        for path in comfy_harness.workflow_files() + comfy_harness.legacy_workflow_files():
             prompt = comfy_harness.to_api(comfy_harness.load_workflow(path), info)
             comfy_harness.stand_in_missing_models(prompt, models, models)
         server.info = server.object_info()

@@ -19,7 +19,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 ARTIFACTS = comfy_harness.REPO / "tests" / "artifacts"
-WORKFLOWS = comfy_harness.workflow_files()
+WORKFLOWS = comfy_harness.workflow_files() + comfy_harness.legacy_workflow_files()
 
 INSPECT = """() => window.app.graph._nodes.map(n => ({
     id: n.id, type: n.type, registered: !!LiteGraph.registered_node_types[n.type],

@@ -42,8 +42,9 @@ def loaded(models_dir):
 
 @pytest.fixture(scope="module")
 def face_image():
-    import comfy_harness
     from PIL import Image
+
+    import comfy_harness
 
     image = np.asarray(Image.open(comfy_harness.default_face_image()).convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(image)[None]
@@ -224,8 +225,9 @@ def test_fp16_queries_get_fp16_output(loaded):
 
 
 def test_distilled_unet_is_refused(pack, loaded, face_image):
-    from comfy_testpack.tiny_models import tiny_sdxl_model
     from comfyui_pulid.nodes.pulid import PuLIDApply
+
+    from comfy_testpack.tiny_models import tiny_sdxl_model
     from pulid_core.errors import PuLIDError
 
     with pytest.raises(PuLIDError, match="70 cross-attention layers"):
@@ -269,6 +271,7 @@ def test_v1_concat_follows_the_official_app(loaded, face_image):
 
 def test_no_face_errors_name_the_image(loaded, face_image):
     from comfyui_pulid.nodes.embeds import PuLIDEncodeFace
+
     from pulid_core.errors import PuLIDError
 
     black = torch.zeros_like(face_image)

@@ -4,7 +4,6 @@ Loaded by the headless test server and by scripts/run_workflow.py when real SDXL
 weights are absent. It is never shipped to users.
 """
 
-from .tiny_models import tiny_clip, tiny_sdxl_model, tiny_vae
 
 
 class PuLIDTestTinySDXLLoader:
@@ -24,6 +23,9 @@ class PuLIDTestTinySDXLLoader:
         }}
 
     def load(self, kind, seed, v_prediction):
+        # Imported here: the stand-in writers of this package also run outside ComfyUI.
+        from .tiny_models import tiny_clip, tiny_sdxl_model, tiny_vae
+
         return (tiny_sdxl_model(kind, seed, v_prediction), tiny_clip(seed + 1), tiny_vae(seed + 2))
 
 

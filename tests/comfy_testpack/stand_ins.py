@@ -25,8 +25,7 @@ def writer(class_types: tuple[str, ...], input_name: str, folder: str):
         return fn
 
     return register
-from . import stand_ins_photomaker  # noqa: E402,F401
 
 
 # Writers of each model family register themselves on import.
-from . import stand_ins_pulid  # noqa: E402, F401
+from . import stand_ins_photomaker, stand_ins_pulid  # noqa: E402, F401

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from .stand_ins import writer
-from .tiny_models import TINY_CONTEXT_DIM
+from .tiny_sizes import TINY_WIDTH
 
 REPO = Path(__file__).resolve().parents[2]
 LAYOUTS = REPO / "tests" / "data" / "golden" / "checkpoint_layouts.json"
@@ -23,8 +23,6 @@ EVA_WIDTH, EVA_OUT, EVA_HIDDEN, EVA_GRID = 64, 32, 96, 2  # 28x28 pixels, patch 
 ARCFACE_DIM = 512
 ID_DIM = ARCFACE_DIM + EVA_OUT
 TOKEN_DIM = 48  # width of the tiny ID tokens
-# Cross-attention widths of the tiny SDXL (model_channels 32, levels x2 and x4).
-TINY_WIDTH = {640: 64, 1280: 128}
 
 
 def _layout(title_start: str) -> dict:

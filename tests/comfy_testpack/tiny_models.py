@@ -6,21 +6,17 @@ ComfyUI classes (model_base.SDXL, SDXL CLIP, AutoencoderKL) with small widths.
 Weights are random but seeded, so every run gives the same image.
 """
 
-import torch
-
 import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
-import comfy.sdxl_clip
 import comfy.sd1_clip
+import comfy.sdxl_clip
 import comfy.supported_models
 import comfy.supported_models_base
+import torch
 from comfy.ldm.models.autoencoder import AutoencoderKL
 
-# Context width of the tiny text encoders: CLIP-L 32 + CLIP-G 32.
-TINY_CONTEXT_DIM = 64
-# SDXL's ADM input: the pooled CLIP-G vector (its width) + 6 size embeddings of 256.
-TINY_ADM_CHANNELS = TINY_CONTEXT_DIM // 2 + 6 * 256
+from .tiny_sizes import TINY_ADM_CHANNELS, TINY_CONTEXT_DIM
 
 UNET_CONFIGS = {
     # Same blocks as SDXL: transformer depths [0,0,2,2,10,10], middle 10 -> 70 attn2 layers.

@@ -11,7 +11,7 @@ import comfy_harness
 
 pytestmark = pytest.mark.server
 
-WORKFLOWS = comfy_harness.workflow_files()
+WORKFLOWS = comfy_harness.workflow_files() + comfy_harness.legacy_workflow_files()
 
 
 def test_pack_imports_cleanly(comfy_server):
