@@ -188,9 +188,12 @@ class ComfyServer:
             time.sleep(0.5)
         raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout:.0f}s")
 
-    def output_files(self, entry: dict) -> list[Path]:
+    def output_files(self, entry: dict, node_ids=None) -> list[Path]:
+        """Images the run wrote (of ``node_ids`` only, when given)."""
         files = []
-        for out in entry.get("outputs", {}).values():
+        for node_id, out in entry.get("outputs", {}).items():
+            if node_ids is not None and node_id not in node_ids:
+                continue
             for img in out.get("images", []):
                 folder = {"output": self.base / "output", "temp": self.tree / "temp"}.get(img.get("type"))
                 if folder is not None:

@@ -37,8 +37,11 @@ def test_shipped_workflow_runs(comfy_server, path: Path):
     comfy_harness.provide_input_images(prompt, comfy_server.input_dir, None)
     entry = comfy_server.wait_history(comfy_server.queue(prompt))
     assert entry["status"]["status_str"] == "success", comfy_harness.execution_error(entry)
-    files = comfy_server.output_files(entry)
-    assert files, f"{path.name} saved no image"
+    assert comfy_server.output_files(entry), f"{path.name} showed or saved no image"
+    decoded = {node_id for node_id, node in prompt.items() if node["class_type"] in ("SaveImage", "PreviewImage")
+               and prompt[node["inputs"]["images"][0]]["class_type"] == "VAEDecode"}
+    files = comfy_server.output_files(entry, decoded)
+    assert files, f"{path.name} produced no generated image"
     width, height = _expected_size(prompt)
     for file in files:
         image = np.asarray(Image.open(file).convert("RGB"), dtype=np.float32)
