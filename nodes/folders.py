@@ -54,12 +54,12 @@ def resolve(key: str, filename: str, folder_paths=None) -> str:
     return path
 
 
-def facexlib_dir(folder_paths=None) -> str:
-    """The facexlib folder holding every file the pack needs, for facexlib's
-    ``model_rootpath`` (given a folder without them, facexlib would download)."""
+def facexlib_dir(folder_paths=None, detection: bool = True) -> str:
+    """The facexlib folder holding every file needed (RetinaFace only with ``detection``)."""
     fp = _fp(folder_paths)
     roots = fp.get_folder_paths("facexlib")
-    needed = [e for e in registry if e.folder == "facexlib" and e.required]
+    needed = [e for e in registry if e.folder == "facexlib" and e.required
+              and (detection or "detection" not in e.filename)]
     for root in roots:
         if all(os.path.isfile(os.path.join(root, e.filename)) for e in needed):
             return root

@@ -72,23 +72,12 @@ def load_eva(filename: str, precision: str = "fp32") -> EvaClipModel:
 def load_face_pipeline(provider: str, pack: str, alignment: str):
     from pulid_core.face import FacePipeline, load_face_analysis, load_facexlib
 
-    pack_dir = folders.insightface_pack_dir(pack)
-    analyzer = load_face_analysis(_insightface_root(pack_dir, pack), pack=pack, provider=provider)
-    facexlib = load_facexlib(folders.facexlib_dir(), device="cpu")
+    # The folder holding the pack's .onnx files (found in any registered insightface dir).
+    analyzer = load_face_analysis(folders.insightface_pack_dir(pack), pack=pack, provider=provider)
+    # Keypoint alignment needs BiSeNet only, not the RetinaFace weights.
+    detection = alignment == "retinaface"
+    facexlib = load_facexlib(folders.facexlib_dir(detection=detection), device="cpu", detection=detection)
     return FacePipeline(analyzer, facexlib, alignment=alignment)
-
-
-def _insightface_root(pack_dir: str, pack: str) -> str:
-    """The root that ``load_face_analysis`` expects (``<root>/models/<pack>``) for a found pack dir."""
-    import os
-
-    parts = os.path.normpath(pack_dir).split(os.sep)
-    # <root>/models/<pack>[/<pack>]: strip the pack (and a nested duplicate) and "models".
-    while parts and parts[-1] == pack:
-        parts.pop()
-    if parts and parts[-1] == "models":
-        parts.pop()
-    return os.sep.join(parts) or os.sep
 
 
 def _file_combo(key: str) -> list[str]:

@@ -41,6 +41,8 @@ class FaceXLib:
     @torch.inference_mode()
     def landmarks(self, image_bgr: np.ndarray, conf_threshold: float = RETINAFACE_CONF) -> list:
         """-> [(bbox [4], kps5 [5, 2], score)] sorted by score, RetinaFace at the original size."""
+        if self.detector is None:
+            raise PuLIDError("RetinaFace was not loaded (keypoint alignment only): load facexlib with detection.")
         rows = self.detector.detect_faces(np.ascontiguousarray(image_bgr), conf_threshold)
         return [
             (r[:4].astype(np.float32), r[5:15].reshape(5, 2).astype(np.float32), float(r[4])) for r in rows
@@ -93,8 +95,11 @@ def _load_into(module: torch.nn.Module, path: str, what: str) -> torch.nn.Module
     return module
 
 
-def load_facexlib(folder, device="cpu") -> FaceXLib:
-    """RetinaFace-R50 + BiSeNet from ``folder`` (detection_Resnet50_Final.pth, parsing_bisenet.pth)."""
+def load_facexlib(folder, device="cpu", detection: bool = True) -> FaceXLib:
+    """RetinaFace-R50 + BiSeNet from ``folder`` (detection_Resnet50_Final.pth, parsing_bisenet.pth).
+
+    ``detection=False`` loads only BiSeNet: enough with InsightFace keypoint alignment.
+    """
     try:
         from facexlib.detection.retinaface import RetinaFace
         from facexlib.parsing.bisenet import BiSeNet
@@ -108,7 +113,8 @@ def load_facexlib(folder, device="cpu") -> FaceXLib:
             f"facexlib model folder {folder} does not exist. Create it and put {DETECTION_FILE} "
             f"({SOURCES[DETECTION_FILE]}) and {PARSING_FILE} ({SOURCES[PARSING_FILE]}) in it."
         )
-    det_path, parse_path = _weights_path(folder, DETECTION_FILE), _weights_path(folder, PARSING_FILE)
+    det_path = _weights_path(folder, DETECTION_FILE) if detection else None
+    parse_path = _weights_path(folder, PARSING_FILE)
     device = torch.device(device)
     meta = torch.device("meta")
     with warnings.catch_warnings(), meta:
@@ -116,10 +122,13 @@ def load_facexlib(folder, device="cpu") -> FaceXLib:
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
         detector = RetinaFace(network_name="resnet50", half=False, device=meta)
         parser = BiSeNet(num_class=19)
-    detector = _load_into(detector, det_path, "a RetinaFace-ResNet50 detector").to(device).eval()
-    # RetinaFace keeps its device and BGR mean as plain attributes, not buffers.
-    detector.device = device
-    detector.mean_tensor = torch.tensor([104.0, 117.0, 123.0], device=device).view(1, 3, 1, 1)
+    if detection:
+        detector = _load_into(detector, det_path, "a RetinaFace-ResNet50 detector").to(device).eval()
+        # RetinaFace keeps its device and BGR mean as plain attributes, not buffers.
+        detector.device = device
+        detector.mean_tensor = torch.tensor([104.0, 117.0, 123.0], device=device).view(1, 3, 1, 1)
+    else:
+        detector = None
     parser = _load_into(parser, parse_path, "a BiSeNet face-parsing model").to(device).eval()
-    log.info("facexlib RetinaFace + BiSeNet loaded from %s on %s", folder, device)
+    log.info("facexlib %s loaded from %s on %s", "RetinaFace + BiSeNet" if detection else "BiSeNet", folder, device)
     return FaceXLib(detector, parser, device, folder)

@@ -266,3 +266,17 @@ def test_facexlib_wrong_and_corrupt_files(tmp_path, xlib_folder):
     (tmp_path / "detection_Resnet50_Final.pth").write_bytes(data[: len(data) // 3])
     with pytest.raises(ModelFileError, match="detection_Resnet50_Final.pth"):
         load_facexlib(str(tmp_path))
+
+
+def test_keypoint_alignment_needs_only_the_parsing_weights(tmp_path):
+    import torch
+
+    from pulid_core.errors import PuLIDError
+    from pulid_core.face import load_facexlib
+    from tests.unit.face_models import bisenet_state_dict
+
+    torch.save(bisenet_state_dict(), tmp_path / "parsing_bisenet.pth")
+    xlib = load_facexlib(tmp_path, detection=False)
+    assert xlib.parse(np.zeros((512, 512, 3), np.uint8)).shape == (512, 512)
+    with pytest.raises(PuLIDError, match="RetinaFace was not loaded"):
+        xlib.landmarks(np.zeros((64, 64, 3), np.uint8))
