@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from pulid_layouts import pulid_shapes, sdxl_width
+
 from .stand_ins import writer
 from .tiny_sizes import TINY_WIDTH
 
@@ -42,45 +44,10 @@ def _random(shapes: dict, seed: int) -> dict:
     return out
 
 
-def _mlp(prefix, d_in, hidden, d_out):
-    return {f"{prefix}.0.weight": (hidden, d_in), f"{prefix}.0.bias": (hidden,), f"{prefix}.1.weight": (hidden,),
-            f"{prefix}.1.bias": (hidden,), f"{prefix}.3.weight": (hidden, hidden), f"{prefix}.3.bias": (hidden,),
-            f"{prefix}.4.weight": (hidden,), f"{prefix}.4.bias": (hidden,), f"{prefix}.6.weight": (d_out, hidden),
-            f"{prefix}.6.bias": (d_out,)}
-
-
 def tiny_pulid_shapes(version: str) -> dict:
     """The official layout's keys; sizes fit the tiny EVA (width 64, out 32) and the tiny SDXL."""
-    hidden = 32
-    shapes = {}
-    if version == "v1":
-        shapes.update(_mlp("body", ID_DIM, hidden, 5 * TOKEN_DIM))
-        for i in range(5):
-            shapes.update(_mlp(f"mapping_{i}", EVA_WIDTH, hidden, TOKEN_DIM))
-            shapes.update(_mlp(f"mapping_patch_{i}", EVA_WIDTH, hidden, TOKEN_DIM))
-    else:
-        dim, inner = 64, 64
-        shapes["latents"] = (1, 32, dim)
-        shapes["proj_out"] = (dim, TOKEN_DIM)
-        for n in range(10):
-            p = f"layers.{n}"
-            for norm in ("norm1", "norm2"):
-                shapes[f"{p}.0.{norm}.weight"] = shapes[f"{p}.0.{norm}.bias"] = (dim,)
-            shapes[f"{p}.0.to_q.weight"] = (inner, dim)
-            shapes[f"{p}.0.to_kv.weight"] = (2 * inner, dim)
-            shapes[f"{p}.0.to_out.weight"] = (dim, inner)
-            shapes[f"{p}.1.0.weight"] = shapes[f"{p}.1.0.bias"] = (dim,)
-            shapes[f"{p}.1.1.weight"] = (4 * dim, dim)
-            shapes[f"{p}.1.3.weight"] = (dim, 4 * dim)
-        for i in range(5):
-            shapes.update(_mlp(f"mapping_{i}", EVA_WIDTH, hidden, dim))
-        shapes.update(_mlp("id_embedding_mapping", ID_DIM, hidden, 5 * dim))
-    out = {f"id_adapter.{k}": s for k, s in shapes.items()}
-    real = _layout("pulid_v1.bin")
-    for key, shape in real.items():
-        if key.startswith("id_adapter_attn_layers."):
-            out[key] = (TINY_WIDTH[shape[0]], TOKEN_DIM)
-    return out
+    return pulid_shapes(version, id_dim=ID_DIM, vit_dim=EVA_WIDTH, hidden=32, context_dim=TOKEN_DIM, num_queries=32,
+                        former_dim=64, former_inner=64, layer_width=lambda k: TINY_WIDTH[sdxl_width(k)])
 
 
 def _ipadapter_names(state: dict) -> dict:
