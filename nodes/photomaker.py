@@ -9,18 +9,19 @@ early "style strength" steps use the text-only prompt. The math is in pulid_core
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
-
-import numpy as np
-import torch
-from comfy_api.latest import io
 
 import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
 import comfy.sd
 import folder_paths
+import numpy as np
+import torch
+from comfy_api.latest import io
+
 from pulid_core.errors import FaceNotFoundError, PuLIDError
 from pulid_core.face import to_uint8_rgb
 from pulid_core.photomaker import PhotoMakerModel, load_photomaker
@@ -39,6 +40,8 @@ PhotoMaker = io.Custom("PULID_PHOTOMAKER")
 CATEGORY = "pulid/photomaker"
 # The official v2 pipeline embeds faces with InsightFace's buffalo_l pack.
 V2_FACE_PACK = "buffalo_l"
+# When no face is found, the official v2 app retries detection at these sizes (insightface_package.py).
+DET_SIZE_FALLBACK = (640, 576, 512, 448, 384, 320, 256)
 # Moves the text-only/ID boundary just past the style-strength percent, so a step that
 # lands exactly on it stays text-only (the official rule is inclusive: i <= S).
 BOUNDARY_NUDGE = 1e-3
@@ -76,13 +79,14 @@ def apply_lora(model, lora_weights, strength: float, name: str):
     return new_model
 
 
-def load_photomaker_patcher(path: str):
-    """The file's ID encoder, built with ComfyUI's manual_cast layers and managed by a ModelPatcher.
+def load_photomaker_patcher(source):
+    """The ID encoder of a file (or its loaded dict), built with ComfyUI's manual_cast layers and
+    managed by a ModelPatcher.
 
     Weights keep the file's dtypes (the real files mix bf16 and fp32); each layer casts
     them to the input's dtype at call time, so the fuse runs in fp32.
     """
-    model = load_photomaker(path, operations=comfy.ops.manual_cast)
+    model = load_photomaker(source, operations=comfy.ops.manual_cast)
     return comfy.model_patcher.ModelPatcher(
         model,
         load_device=comfy.model_management.text_encoder_device(),
@@ -115,7 +119,7 @@ class PuLIDPhotoMakerLoader(io.ComfyNode):
                     min=-10.0,
                     max=10.0,
                     step=0.01,
-                    tooltip="Strength of the bundled LoRA. 1.0 is what the official pipeline fuses; 0 skips it.",
+                    tooltip="Strength of the bundled LoRA: 1.0 as the official pipeline; 0 skips it.",
                 ),
             ],
             outputs=[
@@ -183,6 +187,42 @@ def _analyzer(face_analysis):
     return analyzer
 
 
+def _at_det_size(analyzer, size: int):
+    """``analyzer`` with its SCRFD letterboxing into size x size; the shared loader output is not changed."""
+    if tuple(analyzer.detector.input_size) == (size, size):
+        return analyzer
+    view, detector = copy.copy(analyzer), copy.copy(analyzer.detector)
+    detector.input_size = (size, size)
+    view.detector = detector
+    return view
+
+
+def _detect_with_fallback(analyzer, bgr):
+    """(analyzer at the det size that worked, faces), as the official v2 app detects.
+
+    The size that last found a face is tried first, then 640 down to 256, so within one
+    node run the images are detected as the official loop does. A detector exported with
+    a fixed input size is used as it is.
+    """
+    faces = analyzer.detect(bgr, embed=False)
+    detector = getattr(analyzer, "detector", None)
+    if faces or detector is None or _fixed_input(detector):
+        return analyzer, faces
+    for size in DET_SIZE_FALLBACK:
+        trial = _at_det_size(analyzer, size)
+        if trial is not analyzer:
+            faces = trial.detect(bgr, embed=False)
+            if faces:
+                log.info("PhotoMaker v2: face found at detection size %d (as the official fallback)", size)
+                return trial, faces
+    return analyzer, faces
+
+
+def _fixed_input(detector) -> bool:
+    shape = detector.session.get_inputs()[0].shape
+    return isinstance(shape[2], int) and isinstance(shape[3], int)
+
+
 def face_embeddings(face_analysis, images) -> torch.Tensor:
     """[N, 512] raw ArcFace embeddings, one per image: the highest-scoring face, BGR input (official v2).
 
@@ -204,12 +244,12 @@ def face_embeddings(face_analysis, images) -> torch.Tensor:
         comfy.model_management.throw_exception_if_processing_interrupted()
         rgb = to_uint8_rgb(image, max_long_side=None, index=i + 1)
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-        faces = analyzer.detect(bgr, embed=False)
+        analyzer, faces = _detect_with_fallback(analyzer, bgr)
         if not faces:
             raise FaceNotFoundError(
-                f"PhotoMaker v2: no face found in reference image {i + 1} of {n} ({bgr.shape[1]}x{bgr.shape[0]} "
-                "px). Every reference image needs a detectable face: remove that image from the batch or use "
-                "a photo where the face is large, frontal and well lit."
+                f"PhotoMaker v2: no face found in reference image {i + 1} of {n} "
+                f"({bgr.shape[1]}x{bgr.shape[0]} px). Every reference image needs a detectable face: remove "
+                "that image from the batch or use a photo where the face is large, frontal and well lit."
             )
         best = max(faces, key=lambda f: f.det_score)
         out.append(np.asarray(analyzer.embed(bgr, best), dtype=np.float32))
@@ -281,7 +321,7 @@ class PuLIDPhotoMakerEncode(io.ComfyNode):
                     multiline=True,
                     dynamic_prompts=True,
                     default="a photo of a man img, highly detailed, natural light",
-                    tooltip="The prompt, with the trigger word right after the class word (man, woman, girl, ...).",
+                    tooltip="The prompt, with the trigger word right after the class word (man, woman, ...).",
                 ),
                 io.String.Input(
                     "trigger_word",
@@ -307,9 +347,7 @@ class PuLIDPhotoMakerEncode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(
-        cls, clip, photomaker, image, text, trigger_word, style_strength, face_analysis=None
-    ) -> io.NodeOutput:
+    def execute(cls, clip, photomaker, image, text, trigger_word, style_strength, face_analysis=None) -> io.NodeOutput:
         model = _photomaker_model(photomaker)
         if model.version == "v1" and face_analysis is not None:
             raise PuLIDError(
@@ -319,7 +357,8 @@ class PuLIDPhotoMakerEncode(io.ComfyNode):
         if model.version == "v2" and face_analysis is None:
             raise PuLIDError(
                 f"{model.name} is PhotoMaker v2, which needs the face embedding of each reference image: "
-                "connect face_analysis ('Load InsightFace (PuLID pack)', buffalo_l), or load photomaker-v1.bin."
+                "connect face_analysis ('Load InsightFace (PuLID pack)', buffalo_l), or load "
+                "photomaker-v1.bin."
             )
         images = list(image)
         id_tokens, mask, text_tokens = expand_prompt(clip, text, trigger_word, len(images) * model.num_tokens)

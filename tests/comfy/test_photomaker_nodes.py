@@ -5,6 +5,7 @@ vectors in tests/unit/test_photomaker_*.py; here the ComfyUI side is checked: Co
 own tokenizer, LoRA loader, model management and samplers around it.
 """
 
+import copy
 import importlib
 import json
 import logging
@@ -55,9 +56,7 @@ def pm_dir(si, tmp_path_factory):
 def loaded(ph, pm_dir, tiny_sdxl):
     """(MODEL with LoRA, photomaker) for v1 and v2, through the loader node."""
     model = tiny_sdxl[0]
-    return {
-        v: ph.PuLIDPhotoMakerLoader.execute(model, f"photomaker-{v}.bin", 1.0).result for v in ("v1", "v2")
-    }
+    return {v: ph.PuLIDPhotoMakerLoader.execute(model, f"photomaker-{v}.bin", 1.0).result for v in ("v1", "v2")}
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +88,15 @@ def images(n, seed=0, h=96, w=128):
 # Registration
 # ---------------------------------------------------------------------------
 
-TAKEN = {"PhotoMakerLoader", "PhotoMakerEncode", "PhotoMakerLoaderPlus", "PhotoMakerEncodePlus",
-         "PhotoMakerLoraLoaderPlus", "PhotoMakerInsightFaceLoader", "PhotoMakerStyles"}
+TAKEN = {
+    "PhotoMakerLoader",
+    "PhotoMakerEncode",
+    "PhotoMakerLoaderPlus",
+    "PhotoMakerEncodePlus",
+    "PhotoMakerLoraLoaderPlus",
+    "PhotoMakerInsightFaceLoader",
+    "PhotoMakerStyles",
+}
 
 
 def test_nodes_are_registered_with_their_own_ids(pack, ph):
@@ -120,8 +126,10 @@ def test_stand_in_writer_has_the_real_key_structure(si, tmp_path):
         assert set(data["lora_weights"]) == set(si.lora_shapes())
         assert len(data["lora_weights"]) == 1120
     # At the official sizes the builders give the official shapes (1120 LoRA tensors of 92,897,280 values).
-    assert {k: list(s) for k, s in si.id_encoder_shapes("v2", 1024, 24, 4096, 14, 16, (768, 1280), 512, 2048,
-                                                           2, 4, 2048).items()} == LAYOUTS[name]
+    assert {
+        k: list(s)
+        for k, s in si.id_encoder_shapes("v2", 1024, 24, 4096, 14, 16, (768, 1280), 512, 2048, 2, 4, 2048).items()
+    } == LAYOUTS[name]
     real = si.lora_shapes({1: 640, 2: 1280}, 2048, 64)
     assert sum(torch.Size(s).numel() for s in real.values()) == 92_897_280
 
@@ -150,16 +158,25 @@ def test_loader_detects_the_version_and_manages_the_encoder(ph, loaded):
 
 def _expected_lora_targets(si):
     """(official key, LDM weight) for every LoRA tensor, from the SDXL block table of the spec (§1.4)."""
-    ldm = {"down_blocks.1.attentions.0": "input_blocks.4.1", "down_blocks.1.attentions.1": "input_blocks.5.1",
-           "down_blocks.2.attentions.0": "input_blocks.7.1", "down_blocks.2.attentions.1": "input_blocks.8.1",
-           "mid_block.attentions.0": "middle_block.1"}
+    ldm = {
+        "down_blocks.1.attentions.0": "input_blocks.4.1",
+        "down_blocks.1.attentions.1": "input_blocks.5.1",
+        "down_blocks.2.attentions.0": "input_blocks.7.1",
+        "down_blocks.2.attentions.1": "input_blocks.8.1",
+        "mid_block.attentions.0": "middle_block.1",
+    }
     ldm.update({f"up_blocks.0.attentions.{a}": f"output_blocks.{a}.1" for a in range(3)})
     ldm.update({f"up_blocks.1.attentions.{a}": f"output_blocks.{3 + a}.1" for a in range(3)})
     rows = {}
     for block, depth, _ in si.LORA_BLOCKS:
         for t in range(depth):
             for attn in ("attn1", "attn2"):
-                for proj, target in (("to_q", "to_q"), ("to_k", "to_k"), ("to_v", "to_v"), ("to_out", "to_out.0")):
+                for proj, target in (
+                    ("to_q", "to_q"),
+                    ("to_k", "to_k"),
+                    ("to_v", "to_v"),
+                    ("to_out", "to_out.0"),
+                ):
                     for half in ("up", "down"):
                         key = f"unet.{block}.transformer_blocks.{t}.{attn}.processor.{proj}_lora.{half}.weight"
                         rows[key] = f"diffusion_model.{ldm[block]}.transformer_blocks.{t}.{attn}.{target}.weight"
@@ -200,16 +217,30 @@ def test_lora_is_applied_key_by_key_to_the_tiny_unet(ph, si, loaded, tiny_sdxl, 
 
 
 def test_all_1120_lora_tensors_load_on_a_real_size_sdxl_unet(ph, si, caplog):
-    """The official layout (rank 64, widths 640/1280, context 2048) on the real SDXL UNet, on the meta device."""
+    """The official layout (rank 64, widths 640/1280, context 2048) on the real SDXL UNet (meta device)."""
     import comfy.model_patcher
     import comfy.supported_models
 
-    config = dict(image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
-                  num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=320,
-                  num_res_blocks=[2, 2, 2], transformer_depth=[0, 0, 2, 2, 10, 10], channel_mult=[1, 2, 4],
-                  transformer_depth_middle=10, use_linear_in_transformer=True, context_dim=2048,
-                  num_head_channels=64, transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
-                  use_temporal_attention=False, use_temporal_resblock=False)
+    config = {
+        "image_size": 32,
+        "out_channels": 4,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "num_classes": "sequential",
+        "adm_in_channels": 2816,
+        "in_channels": 4,
+        "model_channels": 320,
+        "num_res_blocks": [2, 2, 2],
+        "transformer_depth": [0, 0, 2, 2, 10, 10],
+        "channel_mult": [1, 2, 4],
+        "transformer_depth_middle": 10,
+        "use_linear_in_transformer": True,
+        "context_dim": 2048,
+        "num_head_channels": 64,
+        "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+    }
     model_config = comfy.supported_models.SDXL(config)
     model_config.set_inference_dtype(torch.float16, None)
     with torch.device("meta"):
@@ -247,8 +278,11 @@ def test_loader_file_errors(ph, pm_dir, tiny_sdxl):
 @pytest.mark.parametrize(
     "text,expanded,text_only",
     [
-        ("a photo of a man img wearing sunglasses", "a photo of a {} wearing sunglasses",
-         "a photo of a man wearing sunglasses"),
+        (
+            "a photo of a man img wearing sunglasses",
+            "a photo of a {} wearing sunglasses",
+            "a photo of a man wearing sunglasses",
+        ),
         ("a photo of a man img, colorful", "a photo of a {}, colorful", "a photo of a man, colorful"),
         ("portrait of a woman img", "portrait of a {}", "portrait of a woman"),
         ("a photo of a Woman IMG.", "a photo of a {}.", "a photo of a woman."),
@@ -285,7 +319,7 @@ def test_configurable_multi_token_trigger(ph, clip):
 def test_long_prompt_is_rechunked_and_the_mask_follows(ph, clip):
     head = ", ".join(f"detail{i}" for i in range(30))  # 30 x 3 tokens
     text = f"{head}, a photo of a man img wearing a red scarf"
-    id_tokens, mask, text_tokens = ph.expand_prompt(clip, text, "img", 4)
+    id_tokens, mask, _ = ph.expand_prompt(clip, text, "img", 4)
     assert len(id_tokens["l"]) == len(id_tokens["g"]) == 2 and len(mask) == 154
     positions = [i for i, m in enumerate(mask) if m]
     flat = [t for chunk in id_tokens["l"] for t, _ in chunk]
@@ -293,8 +327,9 @@ def test_long_prompt_is_rechunked_and_the_mask_follows(ph, clip):
     assert len(positions) == 4 and all(flat[p] == man for p in positions)
     assert positions == list(range(positions[0], positions[0] + 4))
     content = [t for t in flat if t not in (BOS, EOS)]
-    assert content == [t for t in ids(clip, f"{head}, a photo of a man man man man wearing a red scarf")
-                       if t not in (BOS, EOS)]
+    assert content == [
+        t for t in ids(clip, f"{head}, a photo of a man man man man wearing a red scarf") if t not in (BOS, EOS)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -325,7 +360,7 @@ def test_empty_trigger_word(ph, clip):
 
 
 def _reference(pm_dir, version, clip, text_expanded, pixels, mask, id_embeds=None):
-    """The prompt fused by pulid_core's model (default fp32 ops) from the same file, outside ComfyUI's management."""
+    """The prompt fused by pulid_core's model (default ops) from the same file, outside ComfyUI."""
     model = load_photomaker(str(pm_dir / f"photomaker-{version}.bin"))
     cond, pooled = clip.encode_from_tokens(text_expanded, return_pooled=True)
     with torch.no_grad():
@@ -355,6 +390,28 @@ def test_encode_v1_fuses_every_image_and_schedules_the_text_prompt(ph, loaded, p
     (single,) = ph.PuLIDPhotoMakerEncode.execute(clip, loaded["v1"][1], refs, text, "img", 0.0).result
     assert len(single) == 1 and set(single[0][1]) == {"pooled_output"}
     torch.testing.assert_close(single[0][0], id_cond)
+
+
+@pytest.mark.slow
+def test_golden_v1_through_the_comfyui_managed_encoder(ph):
+    """The official vectors, with the full-size encoder built from comfy.ops.manual_cast in a ModelPatcher
+    (v1: every layer type of v2 at 60 % of its size; the v2-only math is golden-tested in tests/unit)."""
+    import comfy.model_management
+    from safetensors.torch import load_file
+
+    from tests.unit.test_photomaker_encoder import DATA, _golden_inputs, _layout, fill
+
+    sd = {k: fill("id_encoder." + k, s) for k, s in _layout("v1").items()}
+    photomaker = ph.load_photomaker_patcher({"id_encoder": sd, "lora_weights": {}})
+    del sd
+    golden = load_file(DATA / "photomaker.safetensors")
+    pixels, prompt, _ = _golden_inputs()
+    start = int(golden["mask_start"].item())
+    mask = [start <= i < start + 2 for i in range(77)]
+    out = ph.fuse_prompt(photomaker, pixels[0], prompt, mask)
+    comfy.model_management.unload_all_models()  # drop the 1.3 GB encoder before the next tests
+    assert (out - golden["v1.out"]).abs().max().item() <= 1e-3
+    assert (out != prompt).any(-1)[0].nonzero().flatten().tolist() == [start, start + 1]
 
 
 def test_clip_branch_uses_the_official_preprocessing(ph, loaded, monkeypatch, clip):
@@ -416,6 +473,31 @@ def test_encode_v2_uses_the_best_face_in_bgr_raw(ph, loaded, pm_dir, clip, buffa
     torch.testing.assert_close(cond, want, atol=1e-4, rtol=1e-4)
 
 
+def test_v2_detection_falls_back_to_smaller_sizes_as_the_official_app(ph, buffalo, monkeypatch):
+    from pulid_core.face.insight import SCRFD
+
+    analyzer = buffalo.analyzer
+    at_640 = copy.copy(analyzer.detector)
+    real = SCRFD.detect
+    sizes = []
+
+    def detect(self, image):  # finds the faces only when letterboxing into 400 px or less
+        sizes.append(self.input_size)
+        if self.input_size[0] > 400:
+            return np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)
+        return real(at_640, image)
+
+    monkeypatch.setattr(SCRFD, "detect", detect)
+    refs = images(2, seed=5, h=256, w=256)
+    got = ph.face_embeddings(buffalo, list(refs))
+    # 640 .. 448 fail, 384 works; the next image starts at 384, as the official persistent detector.
+    assert sizes == [(s, s) for s in (640, 576, 512, 448, 384, 384)]
+    assert analyzer.detector.input_size == (640, 640)  # the loader's shared object is untouched
+    monkeypatch.setattr(SCRFD, "detect", real)
+    bgr = np.ascontiguousarray(np.round(refs[0].numpy() * 255).astype(np.uint8)[:, :, ::-1])
+    np.testing.assert_allclose(got[0].numpy(), analyzer.detect(bgr)[0].embedding, rtol=1e-6)
+
+
 def test_v2_image_without_a_face_is_named(ph, loaded, clip, buffalo):
     refs = images(3, seed=4, h=256, w=256)
     refs[1] = 0.0  # the synthetic detector finds nothing in a black image
@@ -453,7 +535,7 @@ def test_non_buffalo_pack_warns(ph, caplog):
 
 
 def _record_phases(model, conds, scheduler, steps):
-    """Which prompt ComfyUI's sampler used at each step: 'text', 'id' or 'both' (cfg 1: one model call per step)."""
+    """Which prompt ComfyUI's sampler used at each step: 'text', 'id' or 'both' (cfg 1: one call a step)."""
     import comfy.sample
 
     names = ["text", "id"] if len(conds) == 2 else ["id"]
@@ -467,8 +549,18 @@ def _record_phases(model, conds, scheduler, steps):
     patched = model.clone()
     patched.set_model_unet_function_wrapper(unet)
     latent = torch.zeros(1, 4, 8, 8)
-    comfy.sample.sample(patched, torch.zeros_like(latent), steps, 1.0, "euler", scheduler, conds, [], latent,
-                        disable_pbar=True)
+    comfy.sample.sample(
+        patched,
+        torch.zeros_like(latent),
+        steps,
+        1.0,
+        "euler",
+        scheduler,
+        conds,
+        [],
+        latent,
+        disable_pbar=True,
+    )
     return phases
 
 
@@ -498,8 +590,9 @@ def test_conditioning_samples_with_the_lora_model(ph, loaded, clip, tiny_sdxl):
     noise = comfy.sample.prepare_noise(latent, 0)
     out = comfy.sample.sample(model, noise, 2, 5.0, "euler", "normal", positive, negative, latent, disable_pbar=True)
     assert out.shape == latent.shape and torch.isfinite(out).all()
-    plain = comfy.sample.sample(tiny_sdxl[0], noise, 2, 5.0, "euler", "normal", positive, negative, latent,
-                                disable_pbar=True)
+    plain = comfy.sample.sample(
+        tiny_sdxl[0], noise, 2, 5.0, "euler", "normal", positive, negative, latent, disable_pbar=True
+    )
     assert not torch.equal(out, plain)  # the LoRA changes the UNet
 
 

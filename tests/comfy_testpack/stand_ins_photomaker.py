@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .stand_ins import writer
-from .tiny_models import TINY_CONTEXT_DIM
+from .tiny_sizes import TINY_CONTEXT_DIM
 
 # (diffusers attention block, transformer depth, UNet level) of SDXL; the level picks the width.
 LORA_BLOCKS = (
@@ -30,9 +30,20 @@ TINY_WIDTHS = {1: 64, 2: 128}
 TINY_LORA_RANK = 4
 
 
-def id_encoder_shapes(version: str, hidden=64, depth=2, mlp=128, patch=14, grid=16,
-                      proj=(TINY_CONTEXT_DIM // 2, TINY_CONTEXT_DIM // 2), id_dim=512, id_inner=128,
-                      tokens=2, q_depth=2, q_inner=128) -> dict:
+def id_encoder_shapes(
+    version: str,
+    hidden=64,
+    depth=2,
+    mlp=128,
+    patch=14,
+    grid=16,
+    proj=(TINY_CONTEXT_DIM // 2, TINY_CONTEXT_DIM // 2),
+    id_dim=512,
+    id_inner=128,
+    tokens=2,
+    q_depth=2,
+    q_inner=128,
+) -> dict:
     """{key: shape} of a PhotoMaker id_encoder with the official key names and these sizes."""
     h, d = hidden, sum(proj)
     shapes = {
@@ -54,34 +65,62 @@ def id_encoder_shapes(version: str, hidden=64, depth=2, mlp=128, patch=14, grid=
         for name in ("layer_norm1", "layer_norm2"):
             shapes[p + f"{name}.weight"] = (h,)
             shapes[p + f"{name}.bias"] = (h,)
-        shapes.update({p + "mlp.fc1.weight": (mlp, h), p + "mlp.fc1.bias": (mlp,),
-                       p + "mlp.fc2.weight": (h, mlp), p + "mlp.fc2.bias": (h,)})
+        shapes.update(
+            {
+                p + "mlp.fc1.weight": (mlp, h),
+                p + "mlp.fc1.bias": (mlp,),
+                p + "mlp.fc2.weight": (h, mlp),
+                p + "mlp.fc2.bias": (h,),
+            }
+        )
     for mlp_name, d_in in (("mlp1", 2 * d), ("mlp2", d)):
         p = f"fuse_module.{mlp_name}."
-        shapes.update({p + "layernorm.weight": (d_in,), p + "layernorm.bias": (d_in,),
-                       p + "fc1.weight": (d, d_in), p + "fc1.bias": (d,),
-                       p + "fc2.weight": (d, d), p + "fc2.bias": (d,)})
+        shapes.update(
+            {
+                p + "layernorm.weight": (d_in,),
+                p + "layernorm.bias": (d_in,),
+                p + "fc1.weight": (d, d_in),
+                p + "fc1.bias": (d,),
+                p + "fc2.weight": (d, d),
+                p + "fc2.bias": (d,),
+            }
+        )
     shapes.update({"fuse_module.layer_norm.weight": (d,), "fuse_module.layer_norm.bias": (d,)})
     if version == "v2":
         q, r = "qformer_perceiver.", "qformer_perceiver.perceiver_resampler."
-        shapes.update({
-            q + "token_proj.0.weight": (id_inner, id_dim), q + "token_proj.0.bias": (id_inner,),
-            q + "token_proj.2.weight": (d * tokens, id_inner), q + "token_proj.2.bias": (d * tokens,),
-            q + "token_norm.weight": (d,), q + "token_norm.bias": (d,),
-            r + "proj_in.weight": (d, h), r + "proj_in.bias": (d,),
-            r + "proj_out.weight": (d, d), r + "proj_out.bias": (d,),
-            r + "norm_out.weight": (d,), r + "norm_out.bias": (d,),
-        })
+        shapes.update(
+            {
+                q + "token_proj.0.weight": (id_inner, id_dim),
+                q + "token_proj.0.bias": (id_inner,),
+                q + "token_proj.2.weight": (d * tokens, id_inner),
+                q + "token_proj.2.bias": (d * tokens,),
+                q + "token_norm.weight": (d,),
+                q + "token_norm.bias": (d,),
+                r + "proj_in.weight": (d, h),
+                r + "proj_in.bias": (d,),
+                r + "proj_out.weight": (d, d),
+                r + "proj_out.bias": (d,),
+                r + "norm_out.weight": (d,),
+                r + "norm_out.bias": (d,),
+            }
+        )
         for j in range(q_depth):
             p = f"{r}layers.{j}."
-            shapes.update({
-                p + "0.norm1.weight": (d,), p + "0.norm1.bias": (d,),
-                p + "0.norm2.weight": (d,), p + "0.norm2.bias": (d,),
-                p + "0.to_q.weight": (q_inner, d), p + "0.to_kv.weight": (2 * q_inner, d),
-                p + "0.to_out.weight": (d, q_inner),
-                p + "1.0.weight": (d,), p + "1.0.bias": (d,),
-                p + "1.1.weight": (4 * d, d), p + "1.3.weight": (d, 4 * d),
-            })
+            shapes.update(
+                {
+                    p + "0.norm1.weight": (d,),
+                    p + "0.norm1.bias": (d,),
+                    p + "0.norm2.weight": (d,),
+                    p + "0.norm2.bias": (d,),
+                    p + "0.to_q.weight": (q_inner, d),
+                    p + "0.to_kv.weight": (2 * q_inner, d),
+                    p + "0.to_out.weight": (d, q_inner),
+                    p + "1.0.weight": (d,),
+                    p + "1.0.bias": (d,),
+                    p + "1.1.weight": (4 * d, d),
+                    p + "1.3.weight": (d, 4 * d),
+                }
+            )
     return shapes
 
 
@@ -120,7 +159,9 @@ def _fill(shapes: dict, seed: int, lora: bool = False) -> dict:
 def tiny_photomaker(version: str, seed: int = 0) -> dict:
     """The file's content: {"id_encoder": ..., "lora_weights": ...}; the vision tower in bf16."""
     id_encoder = _fill(id_encoder_shapes(version), seed)
-    id_encoder = {k: v.to(torch.bfloat16) if k.startswith("vision_model.") else v for k, v in id_encoder.items()}
+    id_encoder = {
+        k: v.to(torch.bfloat16) if k.startswith("vision_model.") else v for k, v in id_encoder.items()
+    }
     return {"id_encoder": id_encoder, "lora_weights": _fill(lora_shapes(), seed + 1, lora=True)}
 
 

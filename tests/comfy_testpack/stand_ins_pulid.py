@@ -97,11 +97,12 @@ def write_tiny_face_models(path: Path) -> None:
 
     ``path`` is <insightface>/<pack>; packs live in <insightface>/models/<pack>.
     """
+    from pulid_core.face.insight import PACK_FILES
     from tests.unit import face_models
 
     kps, _ = face_models.kps_for_box(STAND_IN_FACE_BOX)
     face_models.make_pack(str(path.parent / "models" / path.name), [(np.array(STAND_IN_FACE_BOX), kps, 0.9)],
-                          extra=False)
+                          extra=False, names=PACK_FILES.get(path.name, PACK_FILES["antelopev2"]))
     facexlib = path.parent.parent / "facexlib"
     facexlib.mkdir(parents=True, exist_ok=True)
     if not (facexlib / "detection_Resnet50_Final.pth").exists():

@@ -149,11 +149,13 @@ def square_model(path: str, side: int, outputs: int = 1) -> str:
     return _save(graph, path)
 
 
-def make_pack(folder: str, faces, size: int = 640, batched: bool = False, extra: bool = True) -> str:
-    """An antelopev2-like folder: the detector and recognizer under their real names, plus others."""
+def make_pack(folder: str, faces, size: int = 640, batched: bool = False, extra: bool = True,
+              names=("scrfd_10g_bnkps.onnx", "glintr100.onnx")) -> str:
+    """A pack folder (antelopev2 names by default): the detector and recognizer under their
+    real names, plus the models the pipeline does not use."""
     os.makedirs(folder, exist_ok=True)
-    scrfd_model(os.path.join(folder, "scrfd_10g_bnkps.onnx"), faces, size, batched)
-    arcface_model(os.path.join(folder, "glintr100.onnx"))
+    scrfd_model(os.path.join(folder, names[0]), faces, size, batched)
+    arcface_model(os.path.join(folder, names[1]))
     if extra:
         square_model(os.path.join(folder, "1k3d68.onnx"), 192)
         square_model(os.path.join(folder, "2d106det.onnx"), 192)
