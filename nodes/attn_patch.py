@@ -154,10 +154,12 @@ class IDAttnPatch:
         return self
 
     def models(self):
-        out = [self.context.adapter]
+        # The adapter is not among them: ComfyUI would load all of it next to the UNet, while
+        # sampling only needs each layer's ID K/V, projected once from the weights where they
+        # are (cast to the query's device on that first call) and cached.
         if self.upstream is not None and hasattr(self.upstream, "models"):
-            out += list(self.upstream.models())
-        return out
+            return list(self.upstream.models())
+        return []
 
     def __deepcopy__(self, memo):
         return self

@@ -84,6 +84,8 @@ def test_apply_patches_all_70_layers_including_the_middle_block(tiny_sdxl, loade
     assert sum(k[0] == "middle" for k in patches) == 10
     assert all(k[1] == 0 for k in patches if k[0] == "middle")
     assert all(isinstance(p, IDAttnPatch) for p in patches.values())
+    # The adapter is not handed to ComfyUI for loading with the UNet (only its cached K/V are used).
+    assert all(p.models() == [] for p in patches.values())
     ctx = next(iter(patches.values())).context
     assert (ctx.projection, ctx.num_zero) == ("ortho_v2", 8)
     # The input model is untouched.
