@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib.util
 import json
 import logging
 import os
@@ -116,24 +115,10 @@ def setup_comfy(device: str):
     import comfy_harness
     import tests  # noqa: F401
 
-    root = comfy_harness.comfyui_dir()
-    if root is None:
+    if comfy_harness.comfyui_dir() is None:
         raise SystemExit("ComfyUI not found: run scripts/setup_env.sh (or set COMFYUI_DIR).")
-    sys.path.insert(0, str(root))
-    import comfy.cli_args
-
-    # Read once when comfy.model_management is imported: set it first.
-    comfy.cli_args.args.cpu = device == "cpu"
-    comfy.cli_args.args.disable_api_nodes = True
-    import comfy.model_management  # noqa: F401
-
-    if "comfyui_pulid" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "comfyui_pulid", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["comfyui_pulid"] = module
-        spec.loader.exec_module(module)
-    return root
+    comfy_harness.load_pack_inprocess(cpu=device == "cpu")
+    return comfy_harness.comfyui_dir()
 
 
 def synchronizer(device: str):

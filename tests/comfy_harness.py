@@ -37,8 +37,8 @@ def comfyui_dir() -> Path | None:
     return None
 
 
-def init_inprocess() -> Path:
-    """Make ComfyUI importable in this process, in CPU mode, and load this pack.
+def init_inprocess(cpu: bool = True) -> Path:
+    """Make ComfyUI importable in this process (CPU mode unless ``cpu`` is False).
 
     CPU mode must be set before comfy.model_management is imported, or a
     CUDA-built torch on a machine without a GPU fails at import.
@@ -50,16 +50,16 @@ def init_inprocess() -> Path:
         sys.path.insert(0, str(root))
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = cpu
     comfy.cli_args.args.disable_api_nodes = True
     import comfy.model_management  # noqa: F401  (initialised in CPU mode here)
 
     return root
 
 
-def load_pack_inprocess():
+def load_pack_inprocess(cpu: bool = True):
     """Import this repository as the ComfyUI pack module ``comfyui_pulid``."""
-    init_inprocess()
+    init_inprocess(cpu)
     if "comfyui_pulid" in sys.modules:
         return sys.modules["comfyui_pulid"]
     spec = importlib.util.spec_from_file_location(
