@@ -562,8 +562,9 @@ def markdown_table(entries: Iterable[ModelFile] = registry) -> str:
     rows += [
         "",
         (
-            "`python -m pulid_core.models check --comfyui PATH` reports each file as present, missing, "
-            "wrong size, corrupt or misplaced, with the command that fixes it."
+            "`python -m pulid_core.models check --comfyui PATH` (with ComfyUI's Python, in this pack's "
+            "folder) reports each file as present, missing, wrong size, corrupt or misplaced, with the "
+            "command that fixes it."
         ),
         (
             "`python -m pulid_core.models download NAME... --comfyui PATH` fetches files (names from the "
