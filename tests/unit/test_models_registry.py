@@ -460,7 +460,7 @@ def test_check_verify_compares_sha256(tmp_path):
 def test_check_command(tmp_path, monkeypatch):
     monkeypatch.delenv("COMFYUI_PATH", raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(M, "_facexlib_weights_dir", lambda: None)
+    monkeypatch.setattr(M.paths, "_facexlib_weights_dir", lambda: None)
     models = tmp_path / "models"
     models.mkdir()
     out = io.StringIO()
