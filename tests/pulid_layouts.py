@@ -71,3 +71,12 @@ def pulid_shapes(
         for p in ("k", "v"):
             out[f"id_adapter_attn_layers.{k}.id_to_{p}.weight"] = (layer_width(k), context_dim)
     return out
+
+
+def to_ipadapter_layout(state: dict) -> dict:
+    """Official PuLID keys -> IPAdapter-format keys (spec §1.1 renaming table)."""
+    out = {}
+    for key, value in state.items():
+        key = key.replace("id_adapter_attn_layers.", "ip_adapter.").replace("id_adapter.", "image_proj.")
+        out[key.replace(".id_to_k.", ".to_k_ip.").replace(".id_to_v.", ".to_v_ip.")] = value
+    return out

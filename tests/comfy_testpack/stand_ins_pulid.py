@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from pulid_layouts import pulid_shapes, sdxl_width
+from pulid_layouts import pulid_shapes, sdxl_width, to_ipadapter_layout
 
 from .stand_ins import writer
 from .tiny_sizes import TINY_WIDTH
@@ -50,20 +50,12 @@ def tiny_pulid_shapes(version: str) -> dict:
                         former_dim=64, former_inner=64, layer_width=lambda k: TINY_WIDTH[sdxl_width(k)])
 
 
-def _ipadapter_names(state: dict) -> dict:
-    out = {}
-    for key, value in state.items():
-        key = key.replace("id_adapter_attn_layers.", "ip_adapter.").replace("id_adapter.", "image_proj.")
-        out[key.replace(".id_to_k.", ".to_k_ip.").replace(".id_to_v.", ".to_v_ip.")] = value
-    return out
-
-
 @writer(("PuLIDModelLoader", "PulidModelLoader"), "pulid_file", "pulid")
 def write_tiny_pulid(path: Path) -> None:
     version = "v1.1" if "1.1" in path.name else "v1"
     state = _random(tiny_pulid_shapes(version), seed=11 if version == "v1" else 12)
     if path.name.startswith("ip-adapter"):
-        state = _ipadapter_names(state)
+        state = to_ipadapter_layout(state)
     if path.suffix == ".safetensors":
         save_file({k: v.half() for k, v in state.items()}, str(path))
     else:

@@ -20,7 +20,7 @@ from pulid_core.layers import (
     SDXL_CROSS_ATTN_LAYERS,
     module_index_for,
 )
-from tests.unit.conftest import to_ipadapter_layout
+from pulid_layouts import to_ipadapter_layout
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYOUTS = json.loads((ROOT / "tests" / "data" / "golden" / "checkpoint_layouts.json").read_text())

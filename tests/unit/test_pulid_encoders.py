@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from pulid_core import load_pulid
 from pulid_core.errors import PuLIDError
+from pulid_layouts import to_ipadapter_layout
 from tests import detfill
-from tests.unit.conftest import to_ipadapter_layout
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 LAYOUTS = json.loads((GOLDEN / "checkpoint_layouts.json").read_text())
