@@ -1,4 +1,5 @@
-"""Cheap structural checks of model files, and ``check``: present / missing / misplaced / corrupt."""
+"""Structural checks of model files, and ``check``: which files are present, missing,
+misplaced or broken, and whether the files a use needs are all there."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import dataclasses
 import glob
 import hashlib
 import json
-import logging
 import os
 import struct
 import zipfile
@@ -14,21 +14,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .paths import ModelPaths, shell_quote
-from .registry import ModelFile, _split_hf, registry
+from .registry import USES, ModelFile, registry
 
-log = logging.getLogger(__name__)
+# ---------------------------------------------------------------------------- file checks
 
-# ---------------------------------------------------------------------------- cheap file checks
-
-_ONNX_WIRE = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2}
+_MAX_HEADER = 100_000_000  # safetensors refuses larger headers (safetensors/src/tensor.rs)
 
 
 def inspect_file(path: str, name: str | None = None) -> str | None:
-    """What is wrong with a model file, judged from its header and structure, or None.
+    """What is wrong with a model file, judged from its structure, or None.
 
-    Cheap: reads headers and seeks, never the weights. Catches truncated downloads,
-    HTML error pages and Git LFS pointers saved under a model's name. The format comes
-    from the extension of ``name`` (default: ``path``).
+    Catches truncated downloads, HTML error pages, Git LFS pointers and files of another
+    format saved under a model's name. The format comes from the extension of ``name``
+    (default: ``path``). Safetensors, zip and pickle checks read only headers; an ONNX file
+    is parsed with the ``onnx`` package.
     """
     size = os.path.getsize(path)
     if size == 0:
@@ -41,23 +40,37 @@ def inspect_file(path: str, name: str | None = None) -> str | None:
         return "it is a web page, not the model (a failed or blocked download)"
     ext = os.path.splitext(name or path)[1].lower()
     if ext in (".safetensors", ".sft"):
-        return _safetensors_problem(path, size)
+        return _safetensors_problem(path, size, head)
     if ext in (".bin", ".pt", ".pth", ".ckpt"):
-        return _torch_problem(path, head)
+        if head.startswith(b"PK"):
+            return _zip_problem(path)
+        # A legacy (pre-zip) torch pickle starts with the PROTO opcode; only its size can be checked.
+        return None if head[:1] == b"\x80" else "it is not a PyTorch file (neither a zip nor a pickle)"
     if ext == ".onnx":
-        return _onnx_problem(path, size)
+        return _onnx_problem(path)
     if ext == ".zip":
         return _zip_problem(path)
     return None
 
 
-def _safetensors_problem(path: str, size: int) -> str | None:
+def _other_format(head: bytes) -> str:
+    if head.startswith(b"PK"):
+        return " (it is a zip archive, e.g. a PyTorch checkpoint renamed)"
+    if head[:1] == b"\x80":
+        return " (it is a pickle, e.g. a PyTorch checkpoint renamed)"
+    return ""
+
+
+def _safetensors_problem(path: str, size: int, head: bytes) -> str | None:
+    if size < 10:
+        return f"it is truncated ({size} bytes)"
+    (n,) = struct.unpack("<Q", head[:8])
+    if n > _MAX_HEADER or head[8:9] != b"{":
+        return "it is not a safetensors file" + _other_format(head)
+    if n > size - 8:
+        return f"it is truncated ({size:,} bytes; its header alone needs {n + 8:,})"
     with open(path, "rb") as f:
-        if size < 8:
-            return f"it is truncated ({size} bytes)"
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > size - 8:
-            return f"it is truncated ({size:,} bytes; its header alone needs {n + 8:,})"
+        f.seek(8)
         try:
             header = json.loads(f.read(n))
             ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
@@ -71,14 +84,6 @@ def _safetensors_problem(path: str, size: int) -> str | None:
     return None
 
 
-def _torch_problem(path: str, head: bytes) -> str | None:
-    if head.startswith(b"PK"):
-        return _zip_problem(path)
-    if head[:1] == b"\x80":
-        return None  # legacy (pre-zip) torch pickle: only its size can be checked cheaply
-    return "it is not a PyTorch file (unknown header)"
-
-
 def _zip_problem(path: str) -> str | None:
     try:
         with zipfile.ZipFile(path) as z:
@@ -88,44 +93,18 @@ def _zip_problem(path: str) -> str | None:
     return None
 
 
-def _read_varint(f) -> int | None:
-    value, shift = 0, 0
-    while True:
-        b = f.read(1)
-        if not b:
-            return None
-        value |= (b[0] & 0x7F) << shift
-        if b[0] < 0x80:
-            return value
-        shift += 7
-        if shift > 63:
-            return None
+def _onnx_problem(path: str) -> str | None:
+    import onnx
+    from google.protobuf.message import DecodeError
 
-
-def _onnx_problem(path: str, size: int) -> str | None:
-    # Walk the top-level protobuf fields of ModelProto, seeking over their bodies: a
-    # truncated file ends inside a field, and a non-ONNX file has no graph (field 7).
-    seen = set()
-    with open(path, "rb") as f:
-        while f.tell() < size:
-            tag = _read_varint(f)
-            if not tag or tag >> 3 == 0:
-                return "it is not an ONNX model (bad protobuf)"
-            number, wire = tag >> 3, tag & 7
-            if _ONNX_WIRE.get(number, wire) != wire:
-                return "it is not an ONNX model (bad protobuf)"
-            if wire == 0:
-                if _read_varint(f) is None:
-                    return "it is truncated"
-            elif wire in (1, 2, 5):
-                length = {1: 8, 5: 4}.get(wire) or _read_varint(f)
-                if length is None or f.tell() + length > size:
-                    return "it is truncated"
-                f.seek(length, os.SEEK_CUR)
-            else:
-                return "it is not an ONNX model (bad protobuf)"
-            seen.add(number)
-    return None if 7 in seen else "it is not an ONNX model (no graph)"
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError, OSError) as exc:
+        return f"it is not a readable ONNX model, probably truncated ({type(exc).__name__})"
+    # A cut exactly between two top-level fields still parses: the graph or opsets go missing.
+    if not model.graph.node or not model.graph.output or not model.opset_import:
+        return "it is truncated or not an ONNX model (no graph)"
+    return None
 
 
 def sha256_of(path: str) -> str:
@@ -136,15 +115,35 @@ def sha256_of(path: str) -> str:
     return h.hexdigest()
 
 
+def file_problem(entry: ModelFile, path: str, verify: bool = True) -> tuple[str, str] | None:
+    """(status, detail) when ``path`` is not a good copy of ``entry``; size and sha256 are
+    compared only under the entry's own file name (``verify``: hash it, reading every byte)."""
+    problem = inspect_file(path, entry.filename if path.endswith(".part") else None)
+    if problem:
+        return CORRUPT, problem
+    exact = os.path.basename(path).removesuffix(".part") == entry.filename
+    size = os.path.getsize(path)
+    if exact and entry.size is not None and size != entry.size:
+        return WRONG_SIZE, f"{size:,} bytes, expected {entry.size:,} (an incomplete or different file)"
+    if verify and exact and entry.sha256:
+        digest = sha256_of(path)
+        if digest != entry.sha256:
+            return CHECKSUM, f"sha256 {digest}, expected {entry.sha256}"
+    return None
+
+
 # ---------------------------------------------------------------------------- check
 
 PRESENT = "present"
+NESTED = "nested"  # found by the nodes, with a warning: the files belong one folder up
 MISSING = "missing"
 NOT_NEEDED = "not needed"
+OPTIONAL = "optional"
 WRONG_SIZE = "wrong size"
 CORRUPT = "corrupt"
 CHECKSUM = "checksum mismatch"
 MISPLACED = "misplaced"
+USABLE = (PRESENT, NESTED)
 PROBLEMS = (WRONG_SIZE, CORRUPT, CHECKSUM, MISPLACED)
 
 
@@ -157,26 +156,35 @@ class Finding:
     fix: str = ""
 
 
+@dataclass(frozen=True)
+class Report:
+    findings: list[Finding]
+    uses: tuple[str, ...]  # what the files were checked for
+    unmet: list[tuple[str, str, str]]  # (use, group, fix) for each group with no usable file
+    problems: list[Finding]  # broken or misplaced files that a checked use needs
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.uses) and not self.unmet and not self.problems
 
 
-def _move_cmd(src: str, dst: str, copy: bool = False) -> str:
-    if os.name == "nt":
-        return f"{'copy' if copy else 'move'} {shell_quote(src)} {shell_quote(dst)}"
-    return f"{'cp -L' if copy else 'mv'} {shell_quote(src)} {shell_quote(dst)}"
-
-
-def _download_cmd(entry: ModelFile, paths: ModelPaths) -> str:
-    name = entry.pack if entry.pack else entry.name
+def download_command(entry: ModelFile, paths: ModelPaths) -> str:
+    name = entry.pack or entry.name
     return f"python -m pulid_core.models download {name} {paths.origin}".rstrip()
 
 
-def _redownload_cmd(entry: ModelFile, path: str, paths: ModelPaths) -> str:
-    rm = "del" if os.name == "nt" else "rm"
-    return f"{rm} {shell_quote(path)} && {_download_cmd(entry, paths)}"
+def _move_cmd(src: str, dst: str, copy: bool = False) -> str:
+    mkdir = "" if os.path.isdir(os.path.dirname(dst)) else "mkdir -p " + shell_quote(os.path.dirname(dst))
+    if os.name == "nt":
+        mkdir = mkdir.replace("mkdir -p", "mkdir")
+        cmd = f"{'copy' if copy else 'move'} {shell_quote(src)} {shell_quote(dst)}"
+    else:
+        cmd = f"{'cp -L' if copy else 'mv'} {shell_quote(src)} {shell_quote(dst)}"
+    return f"{mkdir} && {cmd}" if mkdir else cmd
 
 
-class _Walker:
-    """Recursive file listings, one walk per directory per check."""
+class Walker:
+    """Recursive file listings, one walk per directory."""
 
     def __init__(self):
         self._cache: dict[str, dict[str, list[str]]] = {}
@@ -188,129 +196,146 @@ class _Walker:
                 for name in files:
                     index.setdefault(name, []).append(os.path.join(root, name))
             self._cache[directory] = index
-        found = []
-        for name in names:
-            found.extend(sorted(self._cache[directory].get(name, [])))
-        return found
+        return [p for name in names for p in sorted(self._cache[directory].get(name, []))]
 
 
-def _validate(entry: ModelFile, path: str, verify: bool) -> tuple[str, str]:
-    """(status, detail) for a file found under one of the entry's names."""
-    exact = os.path.basename(path) == entry.filename
-    size = os.path.getsize(path)
-    problem = inspect_file(path)
-    if problem:
-        return CORRUPT, problem
-    if exact and entry.size is not None and size != entry.size:
-        return WRONG_SIZE, f"{size:,} bytes, expected {entry.size:,} (an incomplete or different file)"
-    if verify and exact and entry.sha256:
-        digest = sha256_of(path)
-        if digest != entry.sha256:
-            return CHECKSUM, f"sha256 {digest}, expected {entry.sha256}"
-    return PRESENT, f"{size:,} bytes"
-
-
-def _locate(entry: ModelFile, paths: ModelPaths, walker: _Walker) -> list[str]:
+def _strays(entry: ModelFile, paths: ModelPaths, walker: Walker) -> list[tuple[str, str]]:
+    """Copies where the pack does not look for them: (path, NESTED | "move" | "copy")."""
+    out: list[tuple[str, str]] = []
     if entry.pack:
-        return [
-            p
-            for d in paths.dirs(entry.folder)
-            for p in [os.path.join(d, "models", entry.pack, n) for n in entry.accepted_names]
-            if os.path.isfile(p)
-        ]
-    return [p for d in paths.dirs(entry.folder) for p in walker.find(d, entry.accepted_names)]
-
-
-def _stray(entry: ModelFile, paths: ModelPaths, walker: _Walker) -> list[tuple[str, bool]]:
-    """Copies in places the pack does not read: (path, copy instead of move)."""
-    out: list[tuple[str, bool]] = []
-    if entry.pack:
-        # A pack file is stray in a folder named after its pack (the nested
-        # antelopev2/antelopev2 of an unzip, or a pack folder missing the models/ level),
-        # or loose in the insightface folder when no other pack has a file of that name.
+        # The nodes also accept models/<pack>/<pack>/ (an unzip in place) and <pack>/ without
+        # the models/ level, with a warning; loose files are only found here when no other
+        # pack has a file of that name.
         unique = sum(1 for e in registry if e.pack and e.filename == entry.filename) <= 1
         for d in paths.dirs(entry.folder):
-            right = os.path.join(d, "models", entry.pack)
+            usable = {os.path.join(d, "models", entry.pack, entry.pack), os.path.join(d, entry.pack)}
             for p in walker.find(d, entry.accepted_names):
                 parent = os.path.dirname(p)
-                loose = parent in (d, os.path.join(d, "models")) and unique
-                if parent != right and (os.path.basename(parent) == entry.pack or loose):
-                    out.append((p, False))
+                if parent in usable:
+                    out.append((p, NESTED))
+                elif parent in (d, os.path.join(d, "models")) and unique:
+                    out.append((p, "move"))
         return out
     for key in entry.misplaced_in:
-        for d in paths.dirs(key):
-            out.extend((p, False) for p in walker.find(d, entry.accepted_names))
+        out.extend((p, "move") for d in paths.dirs(key) for p in walker.find(d, entry.accepted_names))
     if entry.folder == "facexlib" and paths.facexlib_weights_dir:
-        out.extend((p, False) for p in walker.find(paths.facexlib_weights_dir, entry.accepted_names))
+        out.extend((p, "move") for p in walker.find(paths.facexlib_weights_dir, entry.accepted_names))
     if entry.source == "hf" and paths.hf_hub_cache:
-        repo, path = _split_hf(entry.location)
-        pattern = os.path.join(
-            paths.hf_hub_cache, "models--" + repo.replace("/", "--"), "snapshots", "*", path
+        cached = os.path.join(
+            paths.hf_hub_cache, "models--" + entry.hf_repo.replace("/", "--"), "snapshots", "*", entry.hf_path
         )
         # The hub cache may serve other programs: copy out of it instead of moving.
-        out.extend((p, True) for p in sorted(glob.glob(pattern)))
+        out.extend((p, "copy") for p in sorted(glob.glob(cached)))
     return out
 
 
-def check(paths: ModelPaths, entries: Iterable[ModelFile] = registry, verify: bool = False) -> list[Finding]:
-    """One finding per entry (more when several stray copies exist), in registry order.
-
-    ``verify`` also hashes files whose sha256 is known (slow: reads every byte).
-    """
-    entries = tuple(entries)
-    walker = _Walker()
-    findings: list[Finding] = []
-    for entry in entries:
-        target = paths.target_dir(entry)
-        found = _locate(entry, paths, walker)
-        if found:
-            status, detail = _validate(entry, found[0], verify)
-            fix = "" if status == PRESENT else _redownload_cmd(entry, found[0], paths)
-            findings.append(Finding(entry, status, found[0], detail, fix))
-            continue
-        strays = _stray(entry, paths, walker)
-        for path, copy in strays:
-            status, detail = _validate(entry, path, verify)
-            if status == PRESENT:
-                status = MISPLACED
-                detail = f"in {'the Hugging Face cache' if copy else 'a folder the pack does not read'}"
-                fix = _move_cmd(path, os.path.join(target, entry.filename), copy)
-                if not os.path.isdir(target):
-                    fix = f"{'mkdir' if os.name == 'nt' else 'mkdir -p'} {shell_quote(target)} && {fix}"
-            else:
-                fix = _redownload_cmd(entry, path, paths)
-            findings.append(Finding(entry, status, path, detail, fix))
-        if strays:
-            continue
-        part = os.path.join(target, entry.filename + ".part")
-        detail = f"goes in {target}" + (
-            f"; a partial download ({os.path.getsize(part):,} bytes) is in {part}"
-            if os.path.isfile(part)
-            else ""
-        )
-        findings.append(Finding(entry, MISSING, None, detail, _download_cmd(entry, paths)))
-    return _mark_not_needed(findings)
-
-
-def _mark_not_needed(findings: list[Finding]) -> list[Finding]:
-    have = {f.entry.choice for f in findings if f.status == PRESENT and f.entry.choice}
+def find(
+    entry: ModelFile, paths: ModelPaths, verify: bool = False, walker: Walker | None = None
+) -> list[Finding]:
+    """Findings for one entry: where ComfyUI finds it, else every stray copy, else MISSING."""
+    walker = walker or Walker()
+    target = paths.target_dir(entry)
+    if entry.pack:
+        dirs = [os.path.join(d, "models", entry.pack) for d in paths.dirs(entry.folder)]
+        found = [os.path.join(d, n) for d in dirs for n in entry.accepted_names]
+        found = [p for p in found if os.path.isfile(p)]
+    else:
+        found = [p for d in paths.dirs(entry.folder) for p in walker.find(d, entry.accepted_names)]
+    places = [(found[0], PRESENT)] if found else _strays(entry, paths, walker)
     out = []
-    for f in findings:
-        if f.status == MISSING and (not f.entry.required or (f.entry.choice and f.entry.choice in have)):
-            reason = "optional" if not f.entry.required else f"another {f.entry.choice} file is present"
-            f = dataclasses.replace(f, status=NOT_NEEDED, detail=reason, fix="")
-        out.append(f)
+    for path, kind in places:
+        problem = file_problem(entry, path, verify)
+        if problem:
+            status, detail = problem
+            fix = f"{'del' if os.name == 'nt' else 'rm'} {shell_quote(path)} && {download_command(entry, paths)}"
+        elif kind == PRESENT:
+            status, detail, fix = PRESENT, f"{os.path.getsize(path):,} bytes", ""
+        else:
+            where = "the Hugging Face cache" if kind == "copy" else "a folder the pack does not read"
+            if kind == NESTED:
+                where = f"{os.path.dirname(path)}: the nodes find it there, with a warning; move the pack up"
+            status, detail = (NESTED if kind == NESTED else MISPLACED), f"in {where}"
+            fix = _move_cmd(path, os.path.join(target, entry.filename), copy=kind == "copy")
+        out.append(Finding(entry, status, path, detail, fix))
+    if not out:
+        staging = os.path.join(target, entry.filename + ".download")
+        part = os.path.join(target, entry.filename + ".part")
+        debris = [p for p in (staging, part) if os.path.exists(p)]
+        detail = f"goes in {target}" + (f"; an interrupted download is in {debris[0]}" if debris else "")
+        out.append(Finding(entry, MISSING, None, detail, download_command(entry, paths)))
+    if not entry.required:
+        # Never opened by the pack: whatever state it is in never blocks anything.
+        out = [
+            f if f.status == PRESENT else dataclasses.replace(
+                f, status=OPTIONAL, detail="never opened by the pack" + (f"; {f.detail}" if f.path else ""),
+                fix=f.fix if f.status in (NESTED, MISPLACED) else "",
+            )
+            for f in out
+        ]
     return out
 
 
-def format_findings(findings: Sequence[Finding]) -> str:
-    lines = []
+def uses_found(findings: Iterable[Finding]) -> tuple[str, ...]:
+    """The uses whose model file (an adapter, not a shared face model) is on disk somewhere."""
+    found = {u for f in findings if f.path and f.entry.folder in ("pulid", "photomaker") for u in f.entry.uses}
+    return tuple(u for u in USES if u in found)
+
+
+def check(
+    paths: ModelPaths,
+    entries: Iterable[ModelFile] = registry,
+    verify: bool = False,
+    uses: Sequence[str] | None = None,
+) -> Report:
+    """Every entry's findings, in registry order, judged for ``uses`` (default: the uses
+    whose model files are found). ``verify`` also hashes files whose sha256 is known."""
+    walker = Walker()
+    findings = [f for e in entries for f in find(e, paths, verify, walker)]
+    uses = tuple(uses) if uses else uses_found(findings)
+    usable = {f.entry.group for f in findings if f.status in USABLE}
+    unmet: dict[str, tuple[str, str, str]] = {}
     for f in findings:
+        for use in f.entry.uses:
+            if use in uses and f.entry.required and f.entry.group not in usable:
+                fix = f.fix or download_command(f.entry, paths)
+                unmet.setdefault(f"{use}:{f.entry.group}", (use, f.entry.group, fix))
+    needed = {f.entry.name for f in findings if f.entry.required and set(f.entry.uses) & set(uses)}
+    findings = [
+        dataclasses.replace(f, status=NOT_NEEDED, detail=_why_not_needed(f, uses, usable), fix="")
+        if f.status == MISSING and uses and (f.entry.name not in needed or f.entry.group in usable)
+        else f
+        for f in findings
+    ]
+    problems = [f for f in findings if f.status in PROBLEMS and f.entry.name in needed]
+    return Report(findings, uses, list(unmet.values()), problems)
+
+
+def _why_not_needed(f: Finding, uses: Sequence[str], usable: set[str]) -> str:
+    if f.entry.group in usable:
+        return f"{f.entry.group}: another one is present"
+    return f"only for {', '.join(f.entry.uses)}"
+
+
+def format_report(report: Report) -> str:
+    lines = []
+    for f in report.findings:
         where = f" {f.path}" if f.path else ""
-        detail = f" ({f.detail})" if f.detail else ""
-        lines.append(f"{f.status.upper():<17} {f.entry.name}:{where}{detail}")
+        lines.append(f"{f.status.upper():<17} {f.entry.name}:{where}{f' ({f.detail})' if f.detail else ''}")
         if f.fix:
             lines.append(f"{'':<17}   fix: {f.fix}")
-    counts = {s: sum(1 for f in findings if f.status == s) for s in (PRESENT, MISSING, *PROBLEMS)}
-    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    return "\n".join(lines + [summary or "nothing to check"]) + "\n"
+    lines.append("")
+    if not report.uses:
+        lines.append(
+            "No PuLID or PhotoMaker model file was found. Pass --for USE to say what you will run "
+            f"({', '.join(USES)}), or download one, e.g. `python -m pulid_core.models download pulid`."
+        )
+    for use in report.uses:
+        missing = [(g, fix) for u, g, fix in report.unmet if u == use]
+        broken = [f.entry.name for f in report.problems if use in f.entry.uses]
+        if not missing and not broken:
+            lines.append(f"{use} ({USES[use]}): every file it needs is in place.")
+            continue
+        lines.append(f"{use} ({USES[use]}): NOT READY.")
+        lines += [f"  needs {g}: {fix}" for g, fix in missing]
+        lines += [f"  fix {name} (see above)" for name in broken]
+    return "\n".join(lines) + "\n"

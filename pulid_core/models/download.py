@@ -1,4 +1,6 @@
-"""``download``: resumable, checksummed, atomic fetches from the public sources."""
+"""``download``: Hugging Face files through ``huggingface_hub``, GitHub release files (and
+insightface's zip packs) through a small resumable fetch. Every file is checked (size and
+sha256 where published, its structure always) before it is moved into place."""
 
 from __future__ import annotations
 
@@ -6,269 +8,170 @@ import http.client
 import logging
 import os
 import shutil
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Iterable, Sequence
 
-from ..errors import ModelFileError
-from .checks import PRESENT, _locate, _validate, _Walker, inspect_file, sha256_of
+from ..errors import ModelFileError, PuLIDError
+from .checks import PRESENT, file_problem, find
 from .paths import ModelPaths
-from .registry import USER_AGENT, ModelFile, registry, select
+from .registry import GITHUB, HF, ModelFile, registry, select
 
 log = logging.getLogger(__name__)
 
-# ---------------------------------------------------------------------------- download
-
 CHUNK = 1 << 20
+USER_AGENT = "comfyui-pulid-models/2"
 
 
-class _Interrupted(Exception):
-    """The transfer broke off; the .part file keeps what arrived."""
-
-
-class _Progress:
-    """A tqdm bar when tqdm is installed, else a log line every few seconds."""
-
-    def __init__(self, total: int | None, done: int, label: str, enabled: bool):
-        self._bar = None
-        self._log_at = 0.0
-        self.total, self.done, self.label, self.enabled = total, done, label, enabled
-        if not enabled:
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            log.info("Downloading %s (%s bytes)", label, f"{total:,}" if total else "unknown")
-            return
-        self._bar = tqdm(total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024, desc=label)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self._bar is not None:
-            self._bar.update(n)
-        elif self.enabled and self.total and time.monotonic() - self._log_at > 5:
-            self._log_at = time.monotonic()
-            log.info("%s: %.0f%% of %s bytes", self.label, 100 * self.done / self.total, f"{self.total:,}")
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _request(url: str, offset: int, token: str | None) -> urllib.request.Request:
-    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    if offset:
-        req.add_header("Range", f"bytes={offset}-")
-    if token:
-        # Unredirected: the token must not follow the redirect to the storage host.
-        req.add_unredirected_header("Authorization", f"Bearer {token}")
-    return req
-
-
-def _transfer(
-    url: str, part: str, size: int | None, timeout: float, progress: bool, label: str, token: str | None
-) -> None:
-    offset = os.path.getsize(part) if os.path.isfile(part) else 0
-    if size is not None and offset > size:
-        os.remove(part)
-        offset = 0
-    if size is not None and offset == size:
-        return
-    try:
-        resp = urllib.request.urlopen(_request(url, offset, token), timeout=timeout)
-    except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
-        # Connected, then dropped before the headers arrived: transient. (Failures to
-        # connect at all arrive as URLError and mean there is no network.)
-        raise _Interrupted(str(exc) or type(exc).__name__) from exc
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:
-            # The .part already holds everything the server has, or is not from this file.
-            total = _range_total(exc.headers.get("Content-Range", ""))
-            if total == offset:
-                return
-            os.remove(part)
-            raise _Interrupted("the server refused to resume; starting over") from exc
-        raise
-    with resp:
-        if offset and resp.status == 206:
-            start = resp.headers.get("Content-Range", "").split(" ")[-1].split("-")[0]
-            if start != str(offset):
-                raise ModelFileError(f"{url} resumed at byte {start}, not {offset}: delete {part} and retry.")
-            total = _range_total(resp.headers.get("Content-Range", ""))
-        else:
-            offset = 0  # no Range support (200): start over
-            length = resp.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-        if size is not None and total is not None and total != size:
-            raise ModelFileError(
-                f"{url} serves {total:,} bytes but {label} has {size:,}: the mirror serves another "
-                "file or the file changed upstream. Nothing was saved."
-            )
-        bar = _Progress(total or size, offset, label, progress)
-        try:
-            with open(part, "ab" if offset else "wb") as out:
-                while True:
-                    try:
-                        chunk = resp.read(CHUNK)
-                    except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
-                        raise _Interrupted(str(exc) or type(exc).__name__) from exc
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        finally:
-            bar.close()
-    got = os.path.getsize(part)
-    expected = total if total is not None else size
-    if expected is not None and got < expected:
-        raise _Interrupted(f"the connection closed after {got:,} of {expected:,} bytes")
-
-
-def _range_total(content_range: str) -> int | None:
-    total = content_range.rsplit("/", 1)[-1]
-    return int(total) if total.isdigit() else None
-
-
-def fetch_file(
-    url: str,
-    dest: str,
-    *,
-    size: int | None = None,
-    sha256: str | None = None,
-    timeout: float = 30.0,
-    retries: int = 3,
-    retry_wait: float = 2.0,
-    progress: bool = True,
-    page: str | None = None,
-    token: str | None = None,
-) -> str:
-    """Download ``url`` to ``dest`` through ``dest + '.part'``, resuming what is there.
-
-    A broken transfer is resumed (HTTP Range) up to ``retries`` times; a later call
-    resumes too. The result is checked against ``size`` and ``sha256`` when given (a
-    mismatch deletes the .part) and moved into place atomically. ``page`` is the address
-    named in error messages; ``token`` is sent as a bearer token (not across redirects).
-    """
-    name = os.path.basename(dest)
-    directory = os.path.dirname(os.path.abspath(dest))
-    part = dest + ".part"
-    os.makedirs(directory, exist_ok=True)
-    attempt = 0
-    while True:
-        try:
-            _transfer(url, part, size, timeout, progress, name, token)
-            break
-        except _Interrupted as exc:
-            have = os.path.getsize(part) if os.path.isfile(part) else 0
-            if attempt >= retries:
-                raise ModelFileError(
-                    f"Download of {name} broke off ({exc}); {have:,} bytes are kept in {part}. "
-                    "Run the same command again to resume."
-                ) from exc
-            attempt += 1
-            log.warning(
-                "Download of %s broke off (%s); resuming (try %d of %d).", name, exc, attempt, retries
-            )
-            time.sleep(retry_wait * attempt)
-        except urllib.error.HTTPError as exc:
-            raise ModelFileError(_http_message(exc, url, name, directory, page)) from exc
-        except urllib.error.URLError as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ModelFileError(
-                f"No network (could not reach {urllib.parse.urlsplit(url).netloc}: {reason}). "
-                f"Download {name} from {page or url} and put it in {directory}."
-            ) from exc
-    got = os.path.getsize(part)
-    if size is not None and got != size:
-        os.remove(part)
-        raise ModelFileError(
-            f"{name}: downloaded {got:,} bytes, expected {size:,}; the partial file was deleted."
+def checked_endpoint(url: str, what: str, allow_http: bool) -> str:
+    """``url`` without a trailing slash; anything but https is refused unless ``allow_http``."""
+    scheme = urllib.parse.urlsplit(url.replace("{url}", "")).scheme.lower()
+    if scheme == "https":
+        return url.rstrip("/")
+    if scheme != "http":
+        raise PuLIDError(f"{what} {url!r} is not an https:// address.")
+    if not allow_http:
+        raise PuLIDError(
+            f"{what} {url!r} uses plain http: anyone on the way can swap the files. Use an https "
+            "address, or pass --allow-http if you trust this network (no token is sent over http)."
         )
-    if sha256:
-        digest = sha256_of(part)
-        if digest != sha256:
-            os.remove(part)
-            raise ModelFileError(
-                f"{name}: checksum mismatch (sha256 {digest}, expected {sha256}); the download was "
-                "deleted. The mirror may serve another file: try again without it, or download "
-                f"{page or url} by hand."
-            )
-    problem = inspect_file(part, dest)
+    log.warning("Downloading over plain http from %s (--allow-http): files are checked, tokens never sent.", url)
+    return url.rstrip("/")
+
+
+def _install(tmp: str, dest: str, entry: ModelFile, source: str) -> str:
+    """Move a finished download into place, only if it is a good copy of ``entry``."""
+    problem = file_problem(entry, tmp)
     if problem:
-        os.remove(part)
-        raise ModelFileError(f"{name} from {url}: {problem}; the download was deleted.")
-    os.replace(part, dest)
+        os.remove(tmp)
+        raise ModelFileError(f"{entry.filename} from {source}: {problem[1]}; the download was deleted.")
+    os.replace(tmp, dest)
     return dest
 
 
-def _http_message(exc: urllib.error.HTTPError, url: str, name: str, directory: str, page: str | None) -> str:
-    if exc.code == 404:
-        return (
-            f"{url} answered 404 Not Found: the file moved or the mirror lacks it. Download {name} "
-            f"from {page or url} by hand and put it in {directory}."
-        )
-    if exc.code in (401, 403):
-        return (
-            f"{url} refused access (HTTP {exc.code}). If the repository asks you to accept its terms, "
-            "do so on its page and set HF_TOKEN to a Hugging Face access token."
-        )
-    return f"{url} answered HTTP {exc.code} {exc.reason}. Try again later, or download {name} by hand."
+def fetch_hf(entry: ModelFile, dest_dir: str, endpoint: str, progress: bool = True) -> str:
+    """Fetch a Hugging Face file with ``hf_hub_download`` (resume, retries, ``HF_TOKEN``).
 
+    It downloads into ``<file>.download/`` next to the destination (``local_dir``: a real
+    file, no symlink into the hub cache; its ``.cache/`` holds the partial download for a
+    later resume); the file is checked, moved into place and the folder removed.
+    """
+    import huggingface_hub
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-def _fetch_pack(pack: str, members: Sequence[ModelFile], paths: ModelPaths, url: str, **kw) -> list[str]:
-    """Fetch a pack's zip and install the members flat in ``models/<pack>/``, whatever
-    folders the archive wraps them in. All members are checked before any is installed."""
-    entry = members[0]
-    target = paths.target_dir(entry)
-    zip_path = os.path.join(os.path.dirname(target), f"{pack}.zip")
-    fetch_file(url, zip_path, page=entry.page, **kw)  # checks the zip's central directory
-    parts = []
+    staging = os.path.join(dest_dir, entry.filename + ".download")
+    was_disabled = are_progress_bars_disabled()
+    if not progress:
+        disable_progress_bars()
     try:
+        tmp = huggingface_hub.hf_hub_download(
+            entry.hf_repo,
+            entry.hf_path,
+            local_dir=staging,
+            endpoint=endpoint,
+            # None: the user's HF_TOKEN or saved login (for gated repositories); never over http.
+            token=None if endpoint.startswith("https://") else False,
+        )
+    except Exception as exc:  # noqa: BLE001 - the hub's, requests' and OS errors alike
+        name = type(exc).__name__
+        hint = (
+            "If the repository asks you to accept its terms, do so on its page and set HF_TOKEN. "
+            if "Gated" in name or "RepositoryNotFound" in name or "401" in str(exc) or "403" in str(exc)
+            else "Run the same command again to resume, or "
+        )
+        raise ModelFileError(
+            f"Download of {entry.filename} from {endpoint} failed ({name}: {str(exc).splitlines()[0][:200]}). "
+            f"{hint}download {entry.url} by hand and put it in {dest_dir}."
+        ) from exc
+    finally:
+        if not progress and not was_disabled:
+            enable_progress_bars()
+    try:
+        return _install(tmp, os.path.join(dest_dir, entry.filename), entry, entry.url)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def fetch_url(url: str, dest: str, entry: ModelFile, timeout: float = 30.0, progress: bool = True) -> str:
+    """Fetch ``url`` into ``dest + '.part'``, resuming what a broken run left there, then
+    check it against ``entry`` and move it into place. No token is ever sent."""
+    part = dest + ".part"
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    have = os.path.getsize(part) if os.path.isfile(part) else 0
+    if entry.size is not None and have > entry.size:
+        os.remove(part)
+        have = 0
+    if entry.size is None or have < entry.size:
+        headers = {"User-Agent": USER_AGENT, **({"Range": f"bytes={have}-"} if have else {})}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
+                resumed = resp.status == 206
+                if resumed and not resp.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+                    raise ModelFileError(f"{url} resumed at the wrong byte: delete {part} and try again.")
+                total = int(resp.headers.get("Content-Length") or 0) + (have if resumed else 0) or entry.size
+                _copy(resp, part, resumed, total, have if resumed else 0, entry.filename, progress)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 416:  # 416: the .part already holds the whole file; the checks decide
+                raise ModelFileError(
+                    f"{url} answered HTTP {exc.code} {exc.reason}. Download {entry.filename} from "
+                    f"{entry.url} by hand and put it in {os.path.dirname(dest)}."
+                ) from exc
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise _broke_off(entry, url, part, dest, getattr(exc, "reason", exc) or type(exc).__name__) from exc
+        if entry.size is not None and os.path.getsize(part) < entry.size:
+            raise _broke_off(entry, url, part, dest, "the server closed the connection early")
+    return _install(part, dest, entry, url)
+
+
+def _broke_off(entry: ModelFile, url: str, part: str, dest: str, why) -> ModelFileError:
+    kept = os.path.getsize(part) if os.path.isfile(part) else 0
+    return ModelFileError(
+        f"Download of {entry.filename} from {url} broke off ({why}); {kept:,} bytes are kept in {part}. "
+        f"Run the same command again to resume, or download {entry.url} by hand and put it in "
+        f"{os.path.dirname(dest)}."
+    )
+
+
+def _copy(resp, part: str, append: bool, total: int | None, done: int, label: str, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    with open(part, "ab" if append else "wb") as out, tqdm(
+        total=total, initial=done, unit="B", unit_scale=True, desc=label, disable=not progress
+    ) as bar:
+        while chunk := resp.read(CHUNK):
+            out.write(chunk)
+            bar.update(len(chunk))
+
+
+def fetch_pack(pack: str, members: Sequence[ModelFile], target: str, url: str, **kw) -> list[str]:
+    """Fetch a pack's zip and install the members flat in ``target``, whatever folders the
+    archive wraps them in; every member is checked before any is installed."""
+    zip_path = os.path.join(os.path.dirname(target), f"{pack}.zip")
+    archive_entry = ModelFile(f"{pack}.zip", "insightface", f"{pack}.zip", "github", members[0].location, "", ())
+    parts: list[str] = []
+    try:
+        fetch_url(url, zip_path, archive_entry, **kw)  # checked: its central directory is read
         with zipfile.ZipFile(zip_path) as archive:
-            by_base = {}
-            for info in archive.infolist():
-                if not info.is_dir():
-                    by_base.setdefault(os.path.basename(info.filename), info)
+            by_base = {os.path.basename(i.filename): i for i in archive.infolist() if not i.is_dir()}
             os.makedirs(target, exist_ok=True)
             for m in members:
-                info = by_base.get(m.filename)
-                if info is None:
-                    raise ModelFileError(
-                        f"{pack}.zip from {entry.page} has no {m.filename}; nothing was installed."
-                    )
-                part = os.path.join(target, m.filename + ".part")
-                parts.append(part)
-                with archive.open(info) as src, open(part, "wb") as out:
+                if m.filename not in by_base:
+                    raise ModelFileError(f"{pack}.zip from {url} has no {m.filename}; nothing was installed.")
+                parts.append(os.path.join(target, m.filename + ".part"))
+                with archive.open(by_base[m.filename]) as src, open(parts[-1], "wb") as out:
                     shutil.copyfileobj(src, out, CHUNK)
-                problem = _member_problem(m, part)
+                problem = file_problem(m, parts[-1])
                 if problem:
-                    raise ModelFileError(f"{m.filename} in {pack}.zip: {problem}; nothing was installed.")
-        written = []
+                    raise ModelFileError(f"{m.filename} in {pack}.zip: {problem[1]}; nothing was installed.")
         for part in parts:
-            os.replace(part, part[: -len(".part")])
-            written.append(part[: -len(".part")])
-        return written
+            os.replace(part, part.removesuffix(".part"))
+        return [p.removesuffix(".part") for p in parts]
     finally:
         for path in [zip_path, *parts]:
             if os.path.exists(path):
                 os.remove(path)
-
-
-def _member_problem(entry: ModelFile, path: str) -> str | None:
-    size = os.path.getsize(path)
-    problem = inspect_file(path, entry.filename)
-    if problem:
-        return problem
-    if entry.size is not None and size != entry.size:
-        return f"{size:,} bytes, expected {entry.size:,}"
-    if entry.sha256:
-        digest = sha256_of(path)
-        if digest != entry.sha256:
-            return f"checksum mismatch (sha256 {digest}, expected {entry.sha256})"
-    return None
 
 
 def download(
@@ -278,24 +181,32 @@ def download(
     entries: Iterable[ModelFile] = registry,
     hf_endpoint: str | None = None,
     mirror: str | None = None,
+    allow_http: bool = False,
     timeout: float = 30.0,
-    retries: int = 3,
-    retry_wait: float = 2.0,
     progress: bool = True,
 ) -> list[str]:
     """Fetch the named files (registry or bundle names) that are not already in place.
 
-    Returns the paths written. Files already in place, of the right size and not corrupt,
-    are skipped.
+    ``hf_endpoint`` (default ``$HF_ENDPOINT``) and ``mirror`` (default
+    ``$PULID_MODELS_MIRROR``: a base URL for GitHub paths, or a template with ``{url}``) must
+    be https unless ``allow_http``. Returns the paths written.
     """
     wanted = select(names, entries)
-    kw = {"timeout": timeout, "retries": retries, "retry_wait": retry_wait, "progress": progress}
-    walker = _Walker()
+    endpoint = checked_endpoint(hf_endpoint or os.environ.get("HF_ENDPOINT") or HF, "HF_ENDPOINT", allow_http)
+    mirror = mirror or os.environ.get("PULID_MODELS_MIRROR")
+    if mirror:
+        mirror = checked_endpoint(mirror, "The GitHub mirror", allow_http)
+
+    def github_url(location: str) -> str:
+        if not mirror:
+            return f"{GITHUB}/{location}"
+        return mirror.replace("{url}", f"{GITHUB}/{location}") if "{url}" in mirror else f"{mirror}/{location}"
+
     todo = []
     for e in wanted:
-        found = _locate(e, paths, walker)
-        if found and _validate(e, found[0], verify=False)[0] == PRESENT:
-            log.info("%s is already in %s", e.name, found[0])
+        here = find(e, paths)[0]
+        if here.status == PRESENT:
+            log.info("%s is already in %s", e.name, here.path)
         else:
             todo.append(e)
     written: list[str] = []
@@ -304,22 +215,17 @@ def download(
         if e.pack:
             packs.setdefault(e.pack, []).append(e)
             continue
-        dest = os.path.join(paths.target_dir(e), e.filename)
-        log.info("Fetching %s -> %s", e.name, dest)
-        written.append(
-            fetch_file(
-                e.url(hf_endpoint, mirror),
-                dest,
-                size=e.size,
-                sha256=e.sha256,
-                page=e.page,
-                # A Hugging Face token (for gated repositories) goes to the hub or its mirror only.
-                token=os.environ.get("HF_TOKEN") if e.source == "hf" else None,
-                **kw,
-            )
-        )
+        dest_dir = paths.target_dir(e)
+        log.info("Fetching %s -> %s", e.name, dest_dir)
+        os.makedirs(dest_dir, exist_ok=True)
+        if e.source == "hf":
+            written.append(fetch_hf(e, dest_dir, endpoint, progress))
+        else:
+            dest = os.path.join(dest_dir, e.filename)
+            written.append(fetch_url(github_url(e.location), dest, e, timeout=timeout, progress=progress))
     for pack, members in packs.items():
-        log.info("Fetching the %s pack -> %s", pack, paths.target_dir(members[0]))
-        url = members[0].url(hf_endpoint, mirror)
-        written.extend(_fetch_pack(pack, members, paths, url, **kw))
+        target = paths.target_dir(members[0])
+        log.info("Fetching the %s pack -> %s", pack, target)
+        url = github_url(members[0].location)
+        written += fetch_pack(pack, members, target, url, timeout=timeout, progress=progress)
     return written

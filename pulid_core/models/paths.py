@@ -13,9 +13,6 @@ from .registry import FOLDERS, ModelFile
 
 log = logging.getLogger(__name__)
 
-# ---------------------------------------------------------------------------- where models live
-
-
 def _hf_hub_cache() -> str:
     if os.environ.get("HF_HUB_CACHE"):
         return os.environ["HF_HUB_CACHE"]
@@ -76,11 +73,18 @@ class ModelPaths:
         return cls(models_dir, folders, **kw)
 
     @classmethod
-    def for_comfyui(cls, root: str, **kw) -> ModelPaths:
+    def for_comfyui(cls, root: str, force: bool = False, **kw) -> ModelPaths:
+        """Paths of the ComfyUI in ``root``; a folder without ``main.py`` and ``models/`` is
+        refused unless ``force`` (a mistyped path must not get model folders created in it)."""
         root = os.path.abspath(root)
-        if not os.path.isdir(os.path.join(root, "models")):
-            raise PuLIDError(f"{root} does not look like a ComfyUI folder (it has no models/ folder).")
-        kw.setdefault("origin", f"--comfyui {shell_quote(root)}")
+        lacks = [n for n in ("main.py", "models") if not os.path.exists(os.path.join(root, n))]
+        if lacks and not force:
+            raise PuLIDError(
+                f"{root} does not look like a ComfyUI folder (it has no {' and no '.join(lacks)}). "
+                "Pass the folder that holds ComfyUI's main.py, --models-dir PATH for a models folder, "
+                "or --force to use this folder anyway."
+            )
+        kw.setdefault("origin", f"--comfyui {shell_quote(root)}" + (" --force" if lacks else ""))
         return cls.for_models_dir(
             os.path.join(root, "models"), os.path.join(root, "extra_model_paths.yaml"), **kw
         )
@@ -124,10 +128,11 @@ def read_extra_model_paths(path: str) -> dict[str, list[tuple[str, bool]]]:
     return out
 
 
-def _guess_comfyui_root() -> str | None:
-    # Installed as ComfyUI/custom_nodes/<pack>/pulid_core/models.py.
-    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
+def guess_comfyui_root() -> str | None:
+    """The ComfyUI this pack is installed in (ComfyUI/custom_nodes/<pack>/pulid_core/models/)."""
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), *[".."] * 4))
     return root if os.path.isfile(os.path.join(root, "folder_paths.py")) else None
+
 
 def shell_quote(path: str) -> str:
     """A path quoted for the fix commands (POSIX shell, or cmd.exe on Windows)."""
