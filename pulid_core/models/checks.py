@@ -128,7 +128,7 @@ def file_problem(entry: ModelFile, path: str, verify: bool = True) -> tuple[str,
     if verify and exact and entry.sha256:
         digest = sha256_of(path)
         if digest != entry.sha256:
-            return CHECKSUM, f"sha256 {digest}, expected {entry.sha256}"
+            return CHECKSUM, f"checksum mismatch: sha256 {digest}, expected {entry.sha256}"
     return None
 
 
