@@ -4,7 +4,9 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -74,34 +76,106 @@ def sha(path):
 
 # ----------------------------------------------------------------------------- registry facts
 
+# Where each file is published, written once from the publishers' own pages and code (not
+# from the registry): the authors' READMEs name guozinan/PuLID (pulid_v1.bin, pulid_v1.1,
+# docs/pulid_for_flux.md: pulid_flux_v0.9.0/0.9.1), cubiq/PuLID_ComfyUI's README names
+# huchenlei/ipadapter_pulid, the authors' eva_clip code fetches QuanSun/EVA-CLIP, timm's hub
+# page holds the open_clip copy, insightface's v0.7 release holds antelopev2.zip and
+# buffalo_l.zip, facexlib's detection/parsing __init__.py fetch its v0.1.0/v0.2.0 release
+# assets, TencentARC's model cards name PhotoMaker and PhotoMaker-V2.
+_HF, _GH = "https://huggingface.co", "https://github.com"
+PUBLISHED_URL = {
+    "pulid-v1": f"{_HF}/huchenlei/ipadapter_pulid/resolve/main/ip-adapter_pulid_sdxl_fp16.safetensors",
+    "pulid-v1-official": f"{_HF}/guozinan/PuLID/resolve/main/pulid_v1.bin",
+    "pulid-v1.1": f"{_HF}/guozinan/PuLID/resolve/main/pulid_v1.1.safetensors",
+    "pulid-v1.1-ipadapter": f"{_HF}/Runzy/ip-adapter_pulid/resolve/main/ip-adapter_pulidv1.1_sdxl_fp16.safetensors",
+    "pulid-flux-v0.9.1": f"{_HF}/guozinan/PuLID/resolve/main/pulid_flux_v0.9.1.safetensors",
+    "pulid-flux-v0.9.0": f"{_HF}/guozinan/PuLID/resolve/main/pulid_flux_v0.9.0.safetensors",
+    "eva-clip": f"{_HF}/QuanSun/EVA-CLIP/resolve/main/EVA02_CLIP_L_336_psz14_s6B.pt",
+    "eva-clip-open-clip": (
+        f"{_HF}/timm/eva02_large_patch14_clip_336.merged2b_s6b_b61k/resolve/main/open_clip_model.safetensors"
+    ),
+    **{
+        f"{pack}/{f}": f"{_GH}/deepinsight/insightface/releases/download/v0.7/{pack}.zip"
+        for pack, files in {
+            "antelopev2": ("scrfd_10g_bnkps", "glintr100", "1k3d68", "2d106det", "genderage"),
+            "buffalo_l": ("det_10g", "w600k_r50", "1k3d68", "2d106det", "genderage"),
+        }.items()
+        for f in (f"{n}.onnx" for n in files)
+    },
+    "facexlib-detection": f"{_GH}/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",
+    "facexlib-parsing": f"{_GH}/xinntao/facexlib/releases/download/v0.2.0/parsing_bisenet.pth",
+    "photomaker-v1": f"{_HF}/TencentARC/PhotoMaker/resolve/main/photomaker-v1.bin",
+    "photomaker-v2": f"{_HF}/TencentARC/PhotoMaker-V2/resolve/main/photomaker-v2.bin",
+}
+# Byte sizes and sha256 prefixes from the Hugging Face file pages (LFS "SHA256") and the
+# GitHub release listings; None where the publisher's figure was not at hand.
+PUBLISHED_SIZE_SHA = {
+    "pulid-v1": (791_372_856, "b258a5cd"),
+    "pulid-v1.1": (984_405_232, "4cb8ceec"),
+    "eva-clip": (856_461_210, "84c3a17a"),
+    "eva-clip-open-clip": (856_239_456, None),
+    "antelopev2/scrfd_10g_bnkps.onnx": (16_923_827, "5838f7fe"),
+    "antelopev2/glintr100.onnx": (260_665_334, "4ab1d643"),
+    "antelopev2/1k3d68.onnx": (143_607_619, "df5c06b8"),
+    "antelopev2/2d106det.onnx": (5_030_888, "f001b856"),
+    "antelopev2/genderage.onnx": (1_322_532, "4fde69b1"),
+    "buffalo_l/det_10g.onnx": (16_923_827, "5838f7fe"),
+    "buffalo_l/w600k_r50.onnx": (174_383_860, "4c06341c"),
+    "buffalo_l/1k3d68.onnx": (143_607_619, None),
+    "buffalo_l/2d106det.onnx": (5_030_888, None),
+    "buffalo_l/genderage.onnx": (1_322_532, None),
+    "facexlib-detection": (109_497_761, "6d1de9c2"),
+    "facexlib-parsing": (53_289_463, None),
+}
 
-def test_registry_entries_are_consistent():
+
+def test_registry_matches_the_published_facts():
+    assert {e.name: e.url for e in M.registry} == PUBLISHED_URL
+    pinned = {e.name: (e.size, e.sha256 and e.sha256[:8]) for e in M.registry if e.size is not None}
+    assert pinned == PUBLISHED_SIZE_SHA
+    for e in M.registry:
+        assert e.sha256 is None or (len(e.sha256) == 64 and e.sha256 == e.sha256.lower())
+        assert e.size is not None or e.approx_size, f"{e.name}: give a size or an approximate one"
+
+
+def safetensors_size(layout, bytes_per_value):
+    """Bytes of a safetensors file holding ``layout`` ({key: shape}) in one dtype, as the
+    safetensors library writes it: a compact JSON header sorted by key, padded to 8 bytes."""
+    header, offset = {}, 0
+    for key in sorted(layout):
+        n = math.prod(layout[key]) * bytes_per_value
+        header[key] = {"dtype": "F16", "shape": layout[key], "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header, separators=(",", ":")).encode()
+    return 8 + len(text) + (-len(text)) % 8 + offset
+
+
+def test_safetensors_sizes_follow_from_the_published_layouts():
+    from safetensors.torch import save
+
+    small = {"b.w": [3, 5], "a.x": [7], "c": [2, 2, 3]}
+    assert safetensors_size(small, 2) == len(save({k: torch.zeros(s, dtype=torch.float16) for k, s in small.items()}))
+    layouts = json.loads((ROOT / "tests" / "data" / "golden" / "checkpoint_layouts.json").read_text())
+    layout = {k: v for name, v in layouts.items() if name.startswith("ip-adapter_pulid_sdxl") for k, v in v.items()}
+    assert M.get("pulid-v1").size == safetensors_size(layout, 2)
+    layout = {k: v for name, v in layouts.items() if name.startswith("pulid_v1.1.safetensors") for k, v in v.items()}
+    assert M.get("pulid-v1.1").size == safetensors_size(layout, 2)
+
+
+def test_registry_structure():
     names = [e.name for e in M.registry]
     assert len(names) == len(set(names))
     for e in M.registry:
-        assert e.folder in M.FOLDERS
-        assert e.source in ("hf", "github")
-        assert e.sha256 is None or (len(e.sha256) == 64 and e.sha256 == e.sha256.lower())
-        assert e.size is None or e.size > 0
-        assert e.size is not None or e.approx_size, f"{e.name}: give a size or an approximate one"
-        if e.pack:
-            assert e.folder == "insightface" and e.location == M.PACK_ARCHIVES[e.pack]
-        for key in e.misplaced_in:
-            assert key != e.folder
+        assert e.folder in M.FOLDERS and e.source in ("hf", "github")
+        assert e.uses and set(e.uses) <= set(M.USES), e.name
+        assert e.pack is None or (e.folder == "insightface" and e.location == M.PACK_ARCHIVES[e.pack])
+        assert e.folder not in e.misplaced_in
     for bundle in M.BUNDLES.values():
         assert set(bundle) <= set(names)
-
-
-def test_registry_holds_the_spec_facts():
-    assert M.get("pulid-v1").size == 791_372_856  # pulid_spec.md §1.1
-    assert M.get("pulid-v1").sha256.startswith("b258a5cd") and M.get("pulid-v1").sha256.endswith("fbf5")
-    assert {e.filename for e in M.registry if e.pack == "antelopev2"} == {
-        "1k3d68.onnx",
-        "2d106det.onnx",
-        "genderage.onnx",
-        "glintr100.onnx",
-        "scrfd_10g_bnkps.onnx",
-    }
+    # Every use has a model file of its own and all of its needed files in a bundle.
+    for use in M.USES:
+        assert any(use in e.uses for e in M.registry if e.folder in ("pulid", "photomaker")), use
     assert {e.filename for e in M.registry if e.pack == "antelopev2" and e.required} == {
         "scrfd_10g_bnkps.onnx",
         "glintr100.onnx",
@@ -110,41 +184,39 @@ def test_registry_holds_the_spec_facts():
         "det_10g.onnx",
         "w600k_r50.onnx",
     }
-    assert {e.filename for e in M.registry if e.folder == "pulid"} == {
-        "ip-adapter_pulid_sdxl_fp16.safetensors",
-        "pulid_v1.bin",
-        "pulid_v1.1.safetensors",
-        "ip-adapter_pulidv1.1_sdxl_fp16.safetensors",
-    }
     assert M.FOLDERS["photomaker"].core and not M.FOLDERS["pulid"].core
     assert M.FOLDERS["insightface"].extensions == "onnx"
 
 
-def test_urls_follow_hf_endpoint_and_github_mirror(monkeypatch):
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    monkeypatch.delenv("PULID_MODELS_MIRROR", raising=False)
-    pulid, det = M.get("pulid-v1"), M.get("facexlib-detection")
-    assert pulid.url() == (
-        "https://huggingface.co/huchenlei/ipadapter_pulid/resolve/main/ip-adapter_pulid_sdxl_fp16.safetensors"
-    )
-    assert (
-        det.url()
-        == "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth"
-    )
-    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example/")
-    assert pulid.url().startswith("https://hf-mirror.example/huchenlei/ipadapter_pulid/resolve/main/")
-    assert pulid.url(hf_endpoint="http://h").startswith("http://h/huchenlei/")
-    assert (
-        det.url(mirror="http://m/gh/")
-        == "http://m/gh/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth"
-    )
-    assert det.url(mirror="http://p/{url}") == f"http://p/{M.GITHUB}/{det.location}"
-    monkeypatch.setenv("PULID_MODELS_MIRROR", "http://env")
-    assert det.url().startswith("http://env/xinntao/")
-    assert (
-        pulid.page
-        == "https://huggingface.co/huchenlei/ipadapter_pulid/blob/main/ip-adapter_pulid_sdxl_fp16.safetensors"
-    )
+def test_flux_files_and_groups():
+    v091, v090 = M.get("pulid_flux_v0.9.1.safetensors"), M.get("pulid-flux-v0.9.0")
+    assert (v091.name, v091.relative_dir, v091.hf_repo) == ("pulid-flux-v0.9.1", "pulid", "guozinan/PuLID")
+    assert v090.relative_dir == "pulid" and "recommended" in v091.needed_for
+    assert v091.group == v090.group == "either pulid-flux-v0.9.1 or pulid-flux-v0.9.0"
+    assert M.get("pulid-v1").group == "either pulid-v1 or pulid-v1-official"
+    assert M.get("eva-clip-open-clip").group == "either eva-clip or eva-clip-open-clip"
+    assert M.get("facexlib-parsing").group == "facexlib-parsing"
+    flux = [e.name for e in M.select(["flux"])]
+    assert flux[0] == "pulid-flux-v0.9.1" and "pulid-flux-v0.9.0" not in flux
+    needed = {e.group for e in M.registry if "pulid-flux" in e.uses and e.required}
+    assert {M.get(n).group for n in flux} == needed  # the bundle is everything FLUX needs
+
+
+def test_readme_table_links_to_the_files():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- models-table:start -->", 1)[1].split("<!-- models-table:end -->", 1)[0]
+    rows = {}
+    for line in block.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| `"):
+            rows[cells[0].strip("`")] = (re.search(r"\]\((.*?)\)", cells[1]).group(1), cells[2], cells[4])
+    assert "/blob/" not in block
+    assert {name: url for name, (url, _, _) in rows.items()} == PUBLISHED_URL
+    assert rows["pulid-flux-v0.9.1"][1:] == ("`models/pulid/`", "~1.14 GB")
+    assert rows["pulid-flux-v0.9.0"][1:] == ("`models/pulid/`", "~1.14 GB")
+    assert rows["antelopev2/glintr100.onnx"][1] == "`models/insightface/models/antelopev2/`"
+    assert rows["pulid-v1"][2] == "791.4 MB"
+    assert "`flux`" in block and "--allow-http" in block and "check --comfyui PATH [--for USE]" in block
 
 
 def test_get_and_select():
@@ -163,7 +235,7 @@ def test_missing_file_message():
     msg = M.missing_file_message("ip-adapter_pulid_sdxl_fp16.safetensors", ["/c/models/pulid", "/mnt/pulid"])
     assert msg == (
         "ip-adapter_pulid_sdxl_fp16.safetensors not found in /c/models/pulid, /mnt/pulid. Download it from "
-        "https://huggingface.co/huchenlei/ipadapter_pulid/blob/main/ip-adapter_pulid_sdxl_fp16.safetensors "
+        "https://huggingface.co/huchenlei/ipadapter_pulid/resolve/main/ip-adapter_pulid_sdxl_fp16.safetensors "
         "and put it in /c/models/pulid (or run `python -m pulid_core.models download pulid-v1`)."
     )
     msg = M.missing_file_message(M.get("antelopev2/glintr100.onnx"), ["/c/models/insightface"])
@@ -176,19 +248,7 @@ def test_missing_file_message():
     )
 
 
-def test_markdown_table_rows():
-    table = M.markdown_table()
-    rows = [line for line in table.splitlines() if line.startswith("| `")]
-    assert len(rows) == len(M.registry)
-    assert rows[0].startswith(
-        "| `pulid-v1` | [ip-adapter_pulid_sdxl_fp16.safetensors](https://huggingface.co/"
-    )
-    assert "| 791.4 MB | `b258a5cd2c0c…` |" in rows[0]
-    assert "| ~1.58 GB | not pinned |" in table
-    assert "`models/insightface/models/antelopev2/`" in table
-
-
-# ----------------------------------------------------------------------------- cheap file checks
+# ----------------------------------------------------------------------------- file checks
 
 
 def test_inspect_safetensors(tmp_path):
@@ -213,6 +273,17 @@ def test_inspect_safetensors(tmp_path):
     assert M.inspect_file(str(tmp_path / "s.safetensors")) is None
 
 
+def test_a_file_that_is_not_safetensors_says_so(tmp_path):
+    # A PyTorch checkpoint renamed: its first 8 bytes read as a header length of ~8e14.
+    zipped = torch_file(str(tmp_path / "z.safetensors"))
+    assert M.inspect_file(zipped) == "it is not a safetensors file (it is a zip archive, e.g. a PyTorch checkpoint renamed)"
+    legacy = str(tmp_path / "p.safetensors")
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert M.inspect_file(legacy) == "it is not a safetensors file (it is a pickle, e.g. a PyTorch checkpoint renamed)"
+    gguf = write(str(tmp_path / "g.safetensors"), b"GGUF\x03\x00\x00\x00" + b"\x00" * 64)
+    assert M.inspect_file(gguf) == "it is not a safetensors file"
+
+
 def test_inspect_torch_files(tmp_path):
     path = torch_file(str(tmp_path / "a.pth"))
     assert M.inspect_file(path) is None
@@ -230,11 +301,19 @@ def test_inspect_onnx(tmp_path):
     path = write(str(tmp_path / "m.onnx"), data)
     assert M.inspect_file(path) is None
     write(path, data[:-3])
-    assert M.inspect_file(path) == "it is truncated"
+    assert M.inspect_file(path).startswith("it is not a readable ONNX model, probably truncated")
+    # Cut exactly where a top-level field ends: protobuf parses it, the opsets are gone.
+    import onnx
+
+    model = onnx.load_from_string(data)
+    cut = len(data) - sum(len(o.SerializeToString()) + 2 for o in model.opset_import)
+    assert onnx.load_from_string(data[:cut]).graph.node  # the parse alone cannot tell
+    write(path, data[:cut])
+    assert M.inspect_file(path) == "it is truncated or not an ONNX model (no graph)"
     write(path, b"\x08\x07\x12\x04test")  # ir_version and producer, but no graph
-    assert "no graph" in M.inspect_file(path)
+    assert M.inspect_file(path) == "it is truncated or not an ONNX model (no graph)"
     write(path, b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01")
-    assert "not an ONNX model" in M.inspect_file(path)
+    assert "not a readable ONNX model" in M.inspect_file(path)
 
 
 def test_inspect_download_debris(tmp_path):
@@ -257,6 +336,7 @@ def test_inspect_download_debris(tmp_path):
 def test_extra_model_paths_order(tmp_path):
     comfy = tmp_path / "ComfyUI"
     (comfy / "models").mkdir(parents=True)
+    (comfy / "main.py").write_text("")
     (comfy / "extra_model_paths.yaml").write_text(
         textwrap.dedent(f"""\
         shared:
@@ -286,198 +366,23 @@ def test_extra_model_paths_order(tmp_path):
     assert paths.dirs("insightface") == [f"{models}/insightface"]
     assert paths.target_dir(M.get("antelopev2/glintr100.onnx")) == f"{models}/insightface/models/antelopev2"
     assert paths.origin == f"--comfyui {comfy}"
-    with pytest.raises(PuLIDError, match="does not look like a ComfyUI folder"):
-        M.ModelPaths.for_comfyui(str(tmp_path / "nothing"))
 
 
-# ----------------------------------------------------------------------------- check
-
-
-def _small(name, path=None, **kw):
-    """The registry entry with the size (and sha256) of a small test file."""
-    if path is not None:
-        kw.setdefault("size", os.path.getsize(path))
-        kw.setdefault("sha256", sha(path))
-    return dataclasses.replace(M.get(name), **kw)
-
-
-@pytest.fixture
-def comfy_tree(tmp_path):
-    """A ComfyUI tree (with a space in its path) holding one example of every problem."""
-    comfy = tmp_path / "Comfy UI"
-    models = comfy / "models"
-    hub = tmp_path / "hub"
-    site = tmp_path / "site-packages" / "facexlib" / "weights"
-    m = str(models)
-    files = {
-        "pulid-v1": sized_safetensors(f"{m}/pulid/sub/ip-adapter_pulid_sdxl_fp16.safetensors", 3000),
-        "pulid-v1.1": sized_safetensors(f"{m}/ipadapter/pulid_v1.1.safetensors", 2000),
-        "eva-clip": torch_file(
-            f"{hub}/models--QuanSun--EVA-CLIP/snapshots/abc123/EVA02_CLIP_L_336_psz14_s6B.pt"
-        ),
-        "eva-clip-open-clip": sized_safetensors(f"{tmp_path}/shared/eva/open_clip_model.safetensors", 1000),
-        "facexlib-detection": torch_file(f"{site}/detection_Resnet50_Final.pth"),
-        "photomaker-v1": torch_file(f"{m}/pulid/photomaker-v1.bin"),
-        "pulid-v1.1-ipadapter": write(
-            f"{m}/pulid/ip-adapter_pulidv1.1_sdxl_fp16.safetensors",
-            b"version https://git-lfs.github.com/spec/v1\n",
-        ),
-    }
-    for fname in ("scrfd_10g_bnkps.onnx", "glintr100.onnx", "genderage.onnx"):
-        files[f"antelopev2/{fname}"] = write(
-            f"{m}/insightface/models/antelopev2/antelopev2/{fname}", onnx_bytes()
-        )
-    files["buffalo_l/w600k_r50.onnx"] = write(
-        f"{m}/insightface/models/buffalo_l/w600k_r50.onnx", onnx_bytes()[:-5]
-    )
-    files["buffalo_l/det_10g.onnx"] = write(f"{m}/insightface/models/buffalo_l/det_10g.onnx", onnx_bytes())
-    write(f"{m}/facexlib/parsing_bisenet.pth.part", b"x" * 1234)
-    (comfy / "extra_model_paths.yaml").write_text(f"other:\n    eva_clip: {tmp_path}/shared/eva\n")
-
-    entries = [_small(n, files.get(n)) if n in files else _small(n) for n in (e.name for e in M.registry)]
-    entries = [
-        dataclasses.replace(e, size=e.size + 1) if e.name == "buffalo_l/det_10g.onnx" else e for e in entries
-    ]
-    entries = [
-        dataclasses.replace(e, size=None) if e.name == "buffalo_l/w600k_r50.onnx" else e for e in entries
-    ]
-    paths = M.ModelPaths.for_comfyui(str(comfy), hf_hub_cache=str(hub), facexlib_weights_dir=str(site))
-    return types.SimpleNamespace(comfy=comfy, models=m, paths=paths, entries=entries, files=files)
-
-
-def _by_name(findings):
-    out = {}
-    for f in findings:
-        out.setdefault(f.entry.name, []).append(f)
-    return out
-
-
-def test_check_reports_every_problem_with_its_fix(comfy_tree):
-    t = comfy_tree
-    m = t.models
-    found = _by_name(M.check(t.paths, t.entries))
-    status = {name: [f.status for f in fs] for name, fs in found.items()}
-
-    assert status["pulid-v1"] == [M.PRESENT]  # a subfolder is fine: ComfyUI recurses
-    assert found["pulid-v1"][0].path == t.files["pulid-v1"]
-    assert status["pulid-v1-official"] == [M.NOT_NEEDED]  # pulid-v1 is present
-    assert found["pulid-v1.1"][0].status == M.MISPLACED
-    assert (
-        found["pulid-v1.1"][0].fix
-        == f"mv '{m}/ipadapter/pulid_v1.1.safetensors' '{m}/pulid/pulid_v1.1.safetensors'"
-    )
-    lfs = found["pulid-v1.1-ipadapter"][0]
-    assert lfs.status == M.CORRUPT and "Git LFS pointer" in lfs.detail
-    eva = found["eva-clip"][0]
-    assert eva.status == M.MISPLACED and "Hugging Face cache" in eva.detail
-    # The user's yaml dir for eva_clip comes first, so that is where it goes.
-    shared_eva = os.path.dirname(t.files["eva-clip-open-clip"])
-    assert eva.fix == f"cp -L {t.files['eva-clip']} {shared_eva}/EVA02_CLIP_L_336_psz14_s6B.pt"
-    assert status["eva-clip-open-clip"] == [M.PRESENT]  # from extra_model_paths.yaml
-    for fname in ("scrfd_10g_bnkps.onnx", "glintr100.onnx", "genderage.onnx"):
-        f = found[f"antelopev2/{fname}"][0]
-        assert f.status == M.MISPLACED
-        assert f.fix == (
-            f"mv '{m}/insightface/models/antelopev2/antelopev2/{fname}' "
-            f"'{m}/insightface/models/antelopev2/{fname}'"
-        )
-    assert status["antelopev2/1k3d68.onnx"] == [M.NOT_NEEDED]  # optional member
-    assert found["buffalo_l/w600k_r50.onnx"][0].status == M.CORRUPT
-    assert found["buffalo_l/w600k_r50.onnx"][0].detail == "it is truncated"
-    det = found["buffalo_l/det_10g.onnx"][0]
-    assert det.status == M.WRONG_SIZE
-    assert det.fix == (
-        f"rm '{m}/insightface/models/buffalo_l/det_10g.onnx' && python -m pulid_core.models download "
-        f"buffalo_l --comfyui '{t.comfy}'"
-    )
-    facex = found["facexlib-detection"][0]
-    assert facex.status == M.MISPLACED
-    assert facex.fix == f"mv {t.files['facexlib-detection']} '{m}/facexlib/detection_Resnet50_Final.pth'"
-    parsing = found["facexlib-parsing"][0]
-    assert parsing.status == M.MISSING and "partial download (1,234 bytes)" in parsing.detail
-    assert parsing.fix == f"python -m pulid_core.models download facexlib-parsing --comfyui '{t.comfy}'"
-    pm1 = found["photomaker-v1"][0]
-    assert pm1.status == M.MISPLACED
-    assert (
-        pm1.fix
-        == f"mkdir -p '{m}/photomaker' && mv '{m}/pulid/photomaker-v1.bin' '{m}/photomaker/photomaker-v1.bin'"
-    )
-    assert status["photomaker-v2"] == [M.MISSING]
-
-    text = M.format_findings(M.check(t.paths, t.entries))
-    assert "MISPLACED         pulid-v1.1:" in text and "fix: mv " in text
-
-    # The printed fixes are exact: running the move commands fixes every misplaced file.
-    for f in M.check(t.paths, t.entries):
-        if f.status == M.MISPLACED:
-            subprocess.run(["bash", "-c", f.fix], check=True)
-    found = _by_name(M.check(t.paths, t.entries))
-    for name in (
-        "pulid-v1.1",
-        "eva-clip",
-        "antelopev2/glintr100.onnx",
-        "facexlib-detection",
-        "photomaker-v1",
-    ):
-        assert [f.status for f in found[name]] == [M.PRESENT], name
-
-
-@pytest.mark.parametrize(
-    ("name", "wrong"),
-    [
-        ("pulid-v1", "ipadapter"),
-        ("pulid-v1", "clip_vision"),
-        ("eva-clip", "clip"),
-        ("eva-clip", "text_encoders"),
-        ("photomaker-v2", "pulid"),
-    ],
-)
-def test_check_finds_files_in_the_wrong_model_folder(tmp_path, name, wrong):
-    models = tmp_path / "models"
-    entry = M.get(name)
-    path = str(models / wrong / "sub" / entry.filename)
-    stray = sized_safetensors(path, 400) if path.endswith(".safetensors") else torch_file(path)
-    paths = M.ModelPaths.for_models_dir(str(models), hf_hub_cache=None, facexlib_weights_dir=None)
-    [finding] = M.check(paths, [_small(name, stray)])
-    assert finding.status == M.MISPLACED and finding.path == stray
-    right = models / entry.folder
-    assert finding.fix == f"mkdir -p {right} && mv {stray} {right / entry.filename}"
-
-
-def test_check_verify_compares_sha256(tmp_path):
-    path = sized_safetensors(str(tmp_path / "models/pulid/pulid_v1.1.safetensors"), 500)
-    paths = M.ModelPaths.for_models_dir(
-        str(tmp_path / "models"), hf_hub_cache=None, facexlib_weights_dir=None
-    )
-    good = _small("pulid-v1.1", path)
-    bad = dataclasses.replace(good, sha256="0" * 64)
-    assert M.check(paths, [bad])[0].status == M.PRESENT  # no hashing without verify
-    assert M.check(paths, [good], verify=True)[0].status == M.PRESENT
-    finding = M.check(paths, [bad], verify=True)[0]
-    assert finding.status == M.CHECKSUM and finding.detail == f"sha256 {sha(path)}, expected {'0' * 64}"
-
-
-def test_check_command(tmp_path, monkeypatch):
-    monkeypatch.delenv("COMFYUI_PATH", raising=False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(M.paths, "_facexlib_weights_dir", lambda: None)
-    models = tmp_path / "models"
-    models.mkdir()
+def test_a_folder_that_is_not_comfyui_is_refused_unless_forced(tmp_path):
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)  # a models/ folder alone is not a ComfyUI
+    for folder, lacks in ((home, "main.py"), (tmp_path / "nothing", "main.py and no models")):
+        with pytest.raises(PuLIDError) as exc:
+            M.ModelPaths.for_comfyui(str(folder))
+        assert str(exc.value).startswith(f"{folder} does not look like a ComfyUI folder (it has no {lacks}).")
+        assert "--force" in str(exc.value)
     out = io.StringIO()
-    assert M.main(["check", "--models-dir", str(models)], out=out) == 0
-    text = out.getvalue()
-    assert "MISSING           pulid-v1:" in text
-    assert f"fix: python -m pulid_core.models download pulid-v1 --models-dir {models}" in text
-    assert text.rstrip().endswith("missing")
-    write(str(models / "pulid/pulid_v1.1.safetensors"), b"<html>502 Bad Gateway</html>")
-    out = io.StringIO()
-    assert M.main(["check", "--models-dir", str(models)], out=out) == 1
-    assert "CORRUPT           pulid-v1.1:" in out.getvalue()
-    out = io.StringIO()
-    assert M.main(["check"], out=out) == 1
-    assert "Pass --comfyui PATH" in out.getvalue()
-    out = io.StringIO()
-    assert M.main(["table"], out=out) == 0 and out.getvalue() == M.markdown_table()
+    assert M.main(["download", "pulid-v1", "--comfyui", str(home)], out=out) == 1
+    assert "does not look like a ComfyUI folder" in out.getvalue() and not (home / "models" / "pulid").exists()
+    forced = M.ModelPaths.for_comfyui(str(home), force=True, hf_hub_cache=None, facexlib_weights_dir=None)
+    assert forced.dirs("pulid") == [str(home / "models" / "pulid")]
+    assert forced.origin == f"--comfyui {home} --force"  # the fix commands repeat the flag
+    assert M.find(M.get("pulid-v1"), forced)[0].fix.endswith(f"download pulid-v1 --comfyui {home} --force")
 
 
 # ----------------------------------------------------------------------------- ComfyUI folders
