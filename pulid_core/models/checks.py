@@ -306,7 +306,12 @@ def check(
         else f
         for f in findings
     ]
-    problems = [f for f in findings if f.status in PROBLEMS and f.entry.name in needed]
+    # A misplaced copy is harmless once another file of its group is usable.
+    problems = [
+        f
+        for f in findings
+        if f.status in PROBLEMS and f.entry.name in needed and (f.status != MISPLACED or f.entry.group not in usable)
+    ]
     return Report(findings, uses, list(unmet.values()), problems)
 
 
