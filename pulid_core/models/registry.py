@@ -322,7 +322,8 @@ def markdown_table(entries: Iterable[ModelFile] = registry) -> str:
         f"models found; one of {', '.join(f'`{u}`' for u in USES)}) is missing or broken.",
         "`python -m pulid_core.models download NAME... --comfyui PATH` fetches files (names from the "
         f"table, or {bundles}) over https, checked by size and sha256 where published and by structure "
-        "otherwise, and resumes after a break; `HF_ENDPOINT` (Hugging Face) and `--mirror` or `PULID_MODELS_MIRROR` (GitHub files) "
-        "select mirrors; an `http://` mirror needs `--allow-http`, and no token is ever sent over http.",
+        "otherwise, and resumes after a break; `HF_ENDPOINT` (Hugging Face) and `--mirror` or "
+        "`PULID_MODELS_MIRROR` (GitHub files) select mirrors; an `http://` mirror needs `--allow-http`, "
+        "and no token is ever sent over http.",
     ]
     return "\n".join(rows) + "\n"

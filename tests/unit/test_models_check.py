@@ -91,9 +91,10 @@ def test_check_reports_every_file_with_its_fix(comfy_tree):
         )
     # Files the pack never opens are optional, whatever their state.
     assert status["antelopev2/1k3d68.onnx"] == [M.OPTIONAL]
-    assert found["antelopev2/1k3d68.onnx"][0].detail == "never opened by the pack" and not found[
-        "antelopev2/1k3d68.onnx"
-    ][0].fix
+    assert (
+        found["antelopev2/1k3d68.onnx"][0].detail == "never opened by the pack"
+        and not found["antelopev2/1k3d68.onnx"][0].fix
+    )
     assert status["antelopev2/genderage.onnx"] == [M.OPTIONAL]
     assert found["antelopev2/genderage.onnx"][0].fix.startswith("mv ")  # moved with its pack
     assert found["buffalo_l/w600k_r50.onnx"][0].status == M.CORRUPT
@@ -113,7 +114,9 @@ def test_check_reports_every_file_with_its_fix(comfy_tree):
     assert parsing.fix == f"python -m pulid_core.models download facexlib-parsing --comfyui '{t.comfy}'"
     pm1 = found["photomaker-v1"][0]
     assert pm1.status == M.MISPLACED
-    assert pm1.fix == f"mkdir -p '{m}/photomaker' && mv '{m}/pulid/photomaker-v1.bin' '{m}/photomaker/photomaker-v1.bin'"
+    assert (
+        pm1.fix == f"mkdir -p '{m}/photomaker' && mv '{m}/pulid/photomaker-v1.bin' '{m}/photomaker/photomaker-v1.bin'"
+    )
 
     # Checked for the uses whose model files are on disk; PhotoMaker v2 and FLUX are not among them.
     assert report.uses == ("pulid-v1", "pulid-v1.1", "photomaker-v1")
@@ -121,19 +124,22 @@ def test_check_reports_every_file_with_its_fix(comfy_tree):
     assert found["photomaker-v2"][0].detail == "only for photomaker-v2"
     assert not report.ok
     assert {(u, g) for u, g, _ in report.unmet} == {
-        (u, g)
-        for u in ("pulid-v1", "pulid-v1.1")
-        for g in ("facexlib-detection", "facexlib-parsing")
+        (u, g) for u in ("pulid-v1", "pulid-v1.1") for g in ("facexlib-detection", "facexlib-parsing")
     } | {("pulid-v1.1", "either pulid-v1.1 or pulid-v1.1-ipadapter"), ("photomaker-v1", "photomaker-v1")}
     # Broken buffalo_l files are reported, but PhotoMaker v2 is not what was checked.
     assert {f.entry.name for f in report.problems} == {
-        "pulid-v1.1", "pulid-v1.1-ipadapter", "facexlib-detection", "photomaker-v1",
+        "pulid-v1.1",
+        "pulid-v1.1-ipadapter",
+        "facexlib-detection",
+        "photomaker-v1",
     }
     text = M.format_report(report)
     assert "MISPLACED         pulid-v1.1:" in text and "fix: mv " in text
     assert "pulid-v1.1 (PuLID v1.1 on SDXL): NOT READY." in text
     assert "  needs either pulid-v1.1 or pulid-v1.1-ipadapter: mv " in text
-    assert f"  needs facexlib-parsing: python -m pulid_core.models download facexlib-parsing --comfyui '{t.comfy}'" in text
+    assert (
+        f"  needs facexlib-parsing: python -m pulid_core.models download facexlib-parsing --comfyui '{t.comfy}'" in text
+    )
 
     # The printed fixes are exact: running the moves fixes every misplaced or nested file.
     for f in report.findings:
@@ -200,7 +206,10 @@ def test_check_groups_the_alternatives(ready, monkeypatch):
     os.remove(ready.files["eva-clip-open-clip"])
     code, text = ready.run("--for", "pulid-flux", "--for", "pulid-v1.1")
     assert code == 1
-    assert "  needs either pulid-flux-v0.9.1 or pulid-flux-v0.9.0: python -m pulid_core.models download pulid-flux-v0.9.1" in text
+    assert (
+        "  needs either pulid-flux-v0.9.1 or pulid-flux-v0.9.0: python -m pulid_core.models download pulid-flux-v0.9.1"
+        in text
+    )
     assert text.count("  needs either eva-clip or eva-clip-open-clip: ") == 2  # once per use
     # Either EVA file satisfies the group.
     eva = torch_file(str(ready.models / "eva_clip" / "EVA02_CLIP_L_336_psz14_s6B.pt"))
@@ -208,7 +217,9 @@ def test_check_groups_the_alternatives(ready, monkeypatch):
     monkeypatch.setattr(M.cli, "check", functools.partial(M.check, entries=entries))
     code, text = ready.run("--for", "pulid-v1.1")
     assert code == 0, text
-    assert "NOT NEEDED        eva-clip-open-clip: (either eva-clip or eva-clip-open-clip: another one is present)" in text
+    assert (
+        "NOT NEEDED        eva-clip-open-clip: (either eva-clip or eva-clip-open-clip: another one is present)" in text
+    )
 
 
 def test_check_with_nothing_found_asks_what_to_check(ready):

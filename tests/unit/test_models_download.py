@@ -191,8 +191,9 @@ def test_token_goes_to_https_endpoints_only(tmp_path, monkeypatch):
     entry = dataclasses.replace(M.get("pulid-v1.1"), size=None, sha256=None)
     M.download(["pulid-v1.1"], paths_for(tmp_path), entries=[entry], **KW)
     os.remove(tmp_path / "models" / "pulid" / "pulid_v1.1.safetensors")
-    M.download(["pulid-v1.1"], paths_for(tmp_path), entries=[entry], hf_endpoint="http://m.example",
-               allow_http=True, **KW)
+    M.download(
+        ["pulid-v1.1"], paths_for(tmp_path), entries=[entry], hf_endpoint="http://m.example", allow_http=True, **KW
+    )
     assert [(c["repo_id"], c["filename"], c["endpoint"], c["token"]) for c in calls] == [
         ("guozinan/PuLID", "pulid_v1.1.safetensors", "https://huggingface.co", None),  # HF_TOKEN / login
         ("guozinan/PuLID", "pulid_v1.1.safetensors", "http://m.example", False),  # never a token
@@ -208,8 +209,9 @@ def test_hf_file_lands_in_the_models_folder(server, tmp_path):
     data = safetensors_bytes(1)
     entry = pinned("pulid-v1.1", data)
     server.files[hub_path(entry)] = data
-    written = M.download(["pulid-v1.1"], paths_for(tmp_path), entries=[entry], hf_endpoint=server.base,
-                         allow_http=True, **KW)
+    written = M.download(
+        ["pulid-v1.1"], paths_for(tmp_path), entries=[entry], hf_endpoint=server.base, allow_http=True, **KW
+    )
     dest = tmp_path / "models" / "pulid" / "pulid_v1.1.safetensors"
     assert written == [str(dest)] and dest.read_bytes() == data
     assert not dest.is_symlink()
@@ -220,8 +222,10 @@ def test_hf_file_lands_in_the_models_folder(server, tmp_path):
     assert [r[3] for r in server.requests] == [None] * len(server.requests)
     assert [r[:2] for r in server.requests] == [("HEAD", hub_path(entry)), ("GET", hub_path(entry))]
     # Present files are not fetched again, and check agrees they are fine.
-    assert M.download(["pulid-v1.1"], paths_for(tmp_path), entries=[entry], hf_endpoint=server.base,
-                      allow_http=True, **KW) == []
+    assert (
+        M.download(["pulid-v1.1"], paths_for(tmp_path), entries=[entry], hf_endpoint=server.base, allow_http=True, **KW)
+        == []
+    )
     assert len(server.requests) == 2
     assert M.find(entry, paths_for(tmp_path), verify=True)[0].status == M.PRESENT
 
@@ -255,8 +259,7 @@ def test_pinned_hf_file_with_other_bytes_is_refused(server, tmp_path):
     entry = pinned("pulid-v1", data)
     server.files[hub_path(entry)] = safetensors_bytes(4)  # same size, other bytes
     with pytest.raises(ModelFileError, match=f"checksum mismatch|sha256 {sha(safetensors_bytes(4))}"):
-        M.download(["pulid-v1"], paths_for(tmp_path), entries=[entry], hf_endpoint=server.base,
-                   allow_http=True, **KW)
+        M.download(["pulid-v1"], paths_for(tmp_path), entries=[entry], hf_endpoint=server.base, allow_http=True, **KW)
     assert tree(tmp_path / "models") == ["pulid"]
 
 
@@ -307,8 +310,9 @@ def test_github_file_without_checksum_is_checked_by_structure(server, tmp_path):
     entry = dataclasses.replace(M.get("facexlib-parsing"), size=5000)
     server.files[f"/gh/{entry.location}"] = b"\x00" * entry.size  # right size, not a PyTorch file
     with pytest.raises(ModelFileError, match="parsing_bisenet.pth from .*: it is not a PyTorch file"):
-        M.download([entry.name], paths_for(tmp_path), entries=[entry], mirror=server.base + "/gh",
-                   allow_http=True, **KW)
+        M.download(
+            [entry.name], paths_for(tmp_path), entries=[entry], mirror=server.base + "/gh", allow_http=True, **KW
+        )
     assert tree(tmp_path / "models") == ["facexlib"]
 
 
@@ -356,8 +360,14 @@ def pack_entries(pack, contents, pin=True):
 def test_pack_is_installed_flat(server, tmp_path):
     contents = {e.filename: onnx_bytes(e.filename) for e in M.registry if e.pack == "antelopev2"}
     server.files[f"/{M.PACK_ARCHIVES['antelopev2']}"] = pack_zip(contents)
-    written = M.download(["antelopev2"], paths_for(tmp_path), entries=pack_entries("antelopev2", contents),
-                         mirror=server.base, allow_http=True, **KW)
+    written = M.download(
+        ["antelopev2"],
+        paths_for(tmp_path),
+        entries=pack_entries("antelopev2", contents),
+        mirror=server.base,
+        allow_http=True,
+        **KW,
+    )
     pack = tmp_path / "models" / "insightface" / "models" / "antelopev2"
     assert sorted(written) == sorted(str(pack / n) for n in contents)
     assert all((pack / n).read_bytes() == d for n, d in contents.items())

@@ -1,6 +1,5 @@
 """The model registry, ``check`` on fake ComfyUI trees, and ComfyUI folder registration."""
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -276,7 +275,10 @@ def test_inspect_safetensors(tmp_path):
 def test_a_file_that_is_not_safetensors_says_so(tmp_path):
     # A PyTorch checkpoint renamed: its first 8 bytes read as a header length of ~8e14.
     zipped = torch_file(str(tmp_path / "z.safetensors"))
-    assert M.inspect_file(zipped) == "it is not a safetensors file (it is a zip archive, e.g. a PyTorch checkpoint renamed)"
+    assert (
+        M.inspect_file(zipped)
+        == "it is not a safetensors file (it is a zip archive, e.g. a PyTorch checkpoint renamed)"
+    )
     legacy = str(tmp_path / "p.safetensors")
     torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
     assert M.inspect_file(legacy) == "it is not a safetensors file (it is a pickle, e.g. a PyTorch checkpoint renamed)"
@@ -504,9 +506,7 @@ def test_register_folders_with_real_folder_paths(tmp_path):
             packs=f.list_insightface_packs(),
         )))
     """)
-    proc = subprocess.run(
-        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["pulid"] == [f"{tmp_path}/mnt/pulid", f"{tmp_path}/m/pulid"]
