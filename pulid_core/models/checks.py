@@ -301,7 +301,7 @@ def check(
                 unmet.setdefault(f"{use}:{f.entry.group}", (use, f.entry.group, fix))
     needed = {f.entry.name for f in findings if f.entry.required and set(f.entry.uses) & set(uses)}
     findings = [
-        dataclasses.replace(f, status=NOT_NEEDED, detail=_why_not_needed(f, uses, usable), fix="")
+        dataclasses.replace(f, status=NOT_NEEDED, detail=_why_not_needed(f, usable), fix="")
         if f.status == MISSING and uses and (f.entry.name not in needed or f.entry.group in usable)
         else f
         for f in findings
@@ -315,7 +315,7 @@ def check(
     return Report(findings, uses, list(unmet.values()), problems)
 
 
-def _why_not_needed(f: Finding, uses: Sequence[str], usable: set[str]) -> str:
+def _why_not_needed(f: Finding, usable: set[str]) -> str:
     if f.entry.group in usable:
         return f"{f.entry.group}: another one is present"
     return f"only for {', '.join(f.entry.uses)}"

@@ -283,3 +283,13 @@ def test_check_verify_compares_sha256(tmp_path):
     finding = M.find(bad, paths, verify=True)[0]
     assert finding.status == M.CHECKSUM
     assert finding.detail == f"checksum mismatch: sha256 {sha(path)}, expected {'0' * 64}"
+
+
+def test_an_interrupted_download_is_named(tmp_path):
+    paths = M.ModelPaths.for_models_dir(str(tmp_path / "models"), hf_hub_cache=None, facexlib_weights_dir=None)
+    staging = tmp_path / "models" / "pulid" / "pulid_flux_v0.9.1.safetensors.download"
+    write(str(staging / ".cache" / "huggingface" / "download" / "x.incomplete"), b"partial")
+    [finding] = M.find(M.get("pulid-flux-v0.9.1"), paths)
+    assert finding.status == M.MISSING
+    assert finding.detail == f"goes in {staging.parent}; an interrupted download is in {staging}"
+    assert finding.fix == f"python -m pulid_core.models download pulid-flux-v0.9.1 --models-dir {tmp_path / 'models'}"
