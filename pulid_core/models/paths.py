@@ -77,7 +77,7 @@ class ModelPaths:
         """Paths of the ComfyUI in ``root``; a folder without ``main.py`` and ``models/`` is
         refused unless ``force`` (a mistyped path must not get model folders created in it)."""
         root = os.path.abspath(root)
-        lacks = [n for n in ("main.py", "models") if not os.path.exists(os.path.join(root, n))]
+        lacks = [n for n in ("main.py", "models/") if not os.path.exists(os.path.join(root, n))]
         if lacks and not force:
             raise PuLIDError(
                 f"{root} does not look like a ComfyUI folder (it has no {' and no '.join(lacks)}). "

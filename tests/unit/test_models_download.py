@@ -177,7 +177,7 @@ def test_download_command_refuses_http_and_names_the_flag(tmp_path):
     assert "pass --allow-http" in out.getvalue()
 
 
-def test_token_goes_to_https_endpoints_only(tmp_path, monkeypatch):
+def test_token_goes_to_https_endpoints_only(tmp_path, monkeypatch, caplog):
     calls = []
 
     def fake_download(repo_id, filename, **kw):
@@ -194,6 +194,7 @@ def test_token_goes_to_https_endpoints_only(tmp_path, monkeypatch):
     M.download(
         ["pulid-v1.1"], paths_for(tmp_path), entries=[entry], hf_endpoint="http://m.example", allow_http=True, **KW
     )
+    assert "Downloading over plain http from http://m.example (--allow-http)" in caplog.text
     assert [(c["repo_id"], c["filename"], c["endpoint"], c["token"]) for c in calls] == [
         ("guozinan/PuLID", "pulid_v1.1.safetensors", "https://huggingface.co", None),  # HF_TOKEN / login
         ("guozinan/PuLID", "pulid_v1.1.safetensors", "http://m.example", False),  # never a token

@@ -373,7 +373,7 @@ def test_extra_model_paths_order(tmp_path):
 def test_a_folder_that_is_not_comfyui_is_refused_unless_forced(tmp_path):
     home = tmp_path / "home"
     (home / "models").mkdir(parents=True)  # a models/ folder alone is not a ComfyUI
-    for folder, lacks in ((home, "main.py"), (tmp_path / "nothing", "main.py and no models")):
+    for folder, lacks in ((home, "main.py"), (tmp_path / "nothing", "main.py and no models/")):
         with pytest.raises(PuLIDError) as exc:
             M.ModelPaths.for_comfyui(str(folder))
         assert str(exc.value).startswith(f"{folder} does not look like a ComfyUI folder (it has no {lacks}).")
