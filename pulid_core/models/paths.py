@@ -14,10 +14,9 @@ from .registry import FOLDERS, ModelFile
 log = logging.getLogger(__name__)
 
 def _hf_hub_cache() -> str:
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    return os.path.join(home, "hub")
+    from huggingface_hub import constants  # HF_HUB_CACHE / HF_HOME, as every Hugging Face tool reads them
+
+    return constants.HF_HUB_CACHE
 
 
 def _facexlib_weights_dir() -> str | None:

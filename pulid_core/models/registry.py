@@ -20,16 +20,17 @@ class Folder:
     key: str
     extensions: str  # "pt" = folder_paths.supported_pt_extensions, "onnx" = {".onnx"}
     core: bool = False  # registered by ComfyUI itself: reuse it, never re-register
+    misplaced_in: tuple[str, ...] = ()  # model folders users often put these files in by mistake
 
 
 FOLDERS = {
     f.key: f
     for f in (
-        Folder("pulid", "pt"),
-        Folder("eva_clip", "pt"),
+        Folder("pulid", "pt", misplaced_in=("ipadapter", "clip_vision", "checkpoints", "loras", "instantid")),
+        Folder("eva_clip", "pt", misplaced_in=("clip", "text_encoders", "clip_vision", "pulid")),
         Folder("insightface", "onnx"),
         Folder("facexlib", "pt"),
-        Folder("photomaker", "pt", core=True),
+        Folder("photomaker", "pt", core=True, misplaced_in=("pulid", "ipadapter", "loras", "checkpoints")),
     )
 }
 
@@ -70,7 +71,10 @@ class ModelFile:
     pack: str | None = None
     required: bool = True  # False: shipped in a pack but never opened by the pack
     choice: str = ""
-    misplaced_in: tuple[str, ...] = ()  # model folders users often put this file in by mistake
+
+    @property
+    def misplaced_in(self) -> tuple[str, ...]:
+        return FOLDERS[self.folder].misplaced_in
 
     @property
     def accepted_names(self) -> tuple[str, ...]:
@@ -109,9 +113,6 @@ PACK_ARCHIVES = {
     "buffalo_l": "deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
 }
 
-_PULID_WRONG = ("ipadapter", "clip_vision", "checkpoints", "loras", "instantid")
-_EVA_WRONG = ("clip", "text_encoders", "clip_vision", "pulid")
-_PM_WRONG = ("pulid", "ipadapter", "loras", "checkpoints")
 
 
 def _hf(name: str, folder: str, location: str, needed_for: str, uses, **kw) -> ModelFile:
@@ -141,46 +142,45 @@ registry: tuple[ModelFile, ...] = (
         "pulid-v1", "pulid", "huchenlei/ipadapter_pulid/ip-adapter_pulid_sdxl_fp16.safetensors",
         "PuLID v1 (fp16, IPAdapter-format keys; the file cubiq's PuLID_ComfyUI uses)", ("pulid-v1",),
         size=791_372_856, sha256="b258a5cd2c0c7d35f4d3e59909d7648498686afae4d0c74917e9c47d7704fbf5",
-        choice="PuLID v1", misplaced_in=_PULID_WRONG,
+        choice="PuLID v1",
     ),
     _hf(
         "pulid-v1-official", "pulid", "guozinan/PuLID/pulid_v1.bin",
         "PuLID v1, the authors' fp32 release (same weights as pulid-v1)", ("pulid-v1",),
-        approx_size="1.58 GB", choice="PuLID v1", misplaced_in=_PULID_WRONG,
+        approx_size="1.58 GB", choice="PuLID v1",
     ),
     _hf(
         "pulid-v1.1", "pulid", "guozinan/PuLID/pulid_v1.1.safetensors",
         "PuLID v1.1 (the authors' fp16 release)", ("pulid-v1.1",),
         size=984_405_232, sha256="4cb8ceec1078e0165399b88332ab3c5971619111b8e1730e6bae64144aabae41",
-        choice="PuLID v1.1", misplaced_in=_PULID_WRONG,
+        choice="PuLID v1.1",
     ),
     _hf(
         "pulid-v1.1-ipadapter", "pulid", "Runzy/ip-adapter_pulid/ip-adapter_pulidv1.1_sdxl_fp16.safetensors",
         "PuLID v1.1, community IPAdapter-format conversion (same weights as pulid-v1.1)", ("pulid-v1.1",),
-        approx_size="984 MB", choice="PuLID v1.1", misplaced_in=_PULID_WRONG,
+        approx_size="984 MB", choice="PuLID v1.1",
     ),
     _hf(
         "pulid-flux-v0.9.1", "pulid", "guozinan/PuLID/pulid_flux_v0.9.1.safetensors",
         "PuLID-FLUX v0.9.1 (recommended: the authors' newer release)", ("pulid-flux",),
-        approx_size="1.14 GB", choice="PuLID-FLUX", misplaced_in=_PULID_WRONG,
+        approx_size="1.14 GB", choice="PuLID-FLUX",
     ),
     _hf(
         "pulid-flux-v0.9.0", "pulid", "guozinan/PuLID/pulid_flux_v0.9.0.safetensors",
         "PuLID-FLUX v0.9.0 (the first release, same layout)", ("pulid-flux",),
-        approx_size="1.14 GB", choice="PuLID-FLUX", misplaced_in=_PULID_WRONG,
+        approx_size="1.14 GB", choice="PuLID-FLUX",
     ),
     _hf(
         "eva-clip", "eva_clip", "QuanSun/EVA-CLIP/EVA02_CLIP_L_336_psz14_s6B.pt",
         "PuLID: EVA02-CLIP-L-14-336 face features (the authors' format)", _FACE,
         size=856_461_210, sha256="84c3a17a228c567a155259b2245b0b59072bf7da510260a0a02ec54de6d50b05",
-        choice="EVA-CLIP", misplaced_in=_EVA_WRONG,
+        choice="EVA-CLIP",
     ),
     _hf(
-        "eva-clip-open-clip",
-        "eva_clip",
+        "eva-clip-open-clip", "eva_clip",
         "timm/eva02_large_patch14_clip_336.merged2b_s6b_b61k/open_clip_model.safetensors",
         "PuLID: the same EVA-CLIP weights in open_clip/timm format (either EVA file works)", _FACE,
-        size=856_239_456, also_accepted=("open_clip_pytorch_model.bin",), choice="EVA-CLIP", misplaced_in=_EVA_WRONG,
+        size=856_239_456, also_accepted=("open_clip_pytorch_model.bin",), choice="EVA-CLIP",
     ),
     _pack(
         "antelopev2", "scrfd_10g_bnkps.onnx", "PuLID: face detection (SCRFD)", 16_923_827,
@@ -227,12 +227,12 @@ registry: tuple[ModelFile, ...] = (
     _hf(
         "photomaker-v1", "photomaker", "TencentARC/PhotoMaker/photomaker-v1.bin",
         "PhotoMaker v1", ("photomaker-v1",),
-        approx_size="934 MB", misplaced_in=_PM_WRONG,
+        approx_size="934 MB",
     ),
     _hf(
         "photomaker-v2", "photomaker", "TencentARC/PhotoMaker-V2/photomaker-v2.bin",
         "PhotoMaker v2", ("photomaker-v2",),
-        approx_size="1.8 GB", misplaced_in=_PM_WRONG,
+        approx_size="1.8 GB",
     ),
 )
 
