@@ -10,7 +10,6 @@ import safetensors.torch
 from comfy_api.latest import io
 
 from ..pulid_core.errors import PuLIDError
-
 from .pulid import (
     COMBINES,
     PROJECTIONS,
