@@ -1,6 +1,7 @@
 """PhotoMaker v1/v2 nodes: load the file (ID encoder + bundled LoRA) and encode a prompt with an identity.
 
-Done as the authors do (photomaker_spec.md §2-3), unlike ComfyUI core's experimental
+Done as the authors do (TencentARC/PhotoMaker photomaker/pipeline.py, v2: pipeline.py +
+model_v2.py + insightface_package.py), unlike ComfyUI core's experimental
 v1 node: all reference images are used, the class word before the trigger is repeated
 N (v1) or 2N (v2) times before text encoding and the trigger is removed, the fused
 vectors overwrite the full CLIP-L + CLIP-G width, the bundled LoRA is applied, and the

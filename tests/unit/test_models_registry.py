@@ -93,7 +93,7 @@ def test_registry_entries_are_consistent():
 
 
 def test_registry_holds_the_spec_facts():
-    assert M.get("pulid-v1").size == 791_372_856  # pulid_spec.md §1.1
+    assert M.get("pulid-v1").size == 791_372_856  # huchenlei/ipadapter_pulid on Hugging Face
     assert M.get("pulid-v1").sha256.startswith("b258a5cd") and M.get("pulid-v1").sha256.endswith("fbf5")
     assert {e.filename for e in M.registry if e.pack == "antelopev2"} == {
         "1k3d68.onnx",
