@@ -172,9 +172,10 @@ def apply_embeds(model, adapter: PuLIDAdapter, embeds: IDEmbeds, *, node: str, w
             f"{node}: these ID embeddings were made with PuLID {embeds.version}, the adapter is "
             f"{adapter.version} ({adapter.filename}). Encode the face with the same PuLID model."
         )
-    weight = check_finite(weight, node=node, input_name="weight")
-    start_at = check_finite(start_at, node=node, input_name="start_at", lo=0.0, hi=1.0)
-    end_at = check_finite(end_at, node=node, input_name="end_at", lo=0.0, hi=1.0)
+    # The same ranges as the nodes' widgets (API clients skip the UI's checks; NaN passes ComfyUI's).
+    limits = {spec.id: (spec.min, spec.max) for spec in range_inputs(0.0)}
+    weight, start_at, end_at = (check_finite(value, node=node, input_name=name, lo=limits[name][0], hi=limits[name][1])
+                                for name, value in (("weight", weight), ("start_at", start_at), ("end_at", end_at)))
     check_choice(projection, PROJECTIONS, node=node, input_name="projection")
     num_zero = int(check_finite(num_zero, node=node, input_name="num_zero", lo=0))
     if start_at > end_at:

@@ -139,6 +139,8 @@ def test_apply_embeds_checks_what_api_clients_send(nodes):
         apply(None, adapter, embeds, **(base | {"projection": "bogus"}))
     with pytest.raises(PuLIDError, match="Apply PuLID Embeds: weight must be a finite number; got nan"):
         apply(None, adapter, embeds, **(base | {"weight": NAN}))
+    with pytest.raises(PuLIDError, match="Apply PuLID Embeds: weight must be between -1.0 and 5.0; got 7.0"):
+        apply(None, adapter, embeds, **(base | {"weight": 7.0}))
     with pytest.raises(PuLIDError, match="Apply PuLID Embeds: end_at must be a finite number"):
         apply(None, adapter, embeds, **(base | {"end_at": NAN}))
     with pytest.raises(PuLIDError, match="Apply PuLID Embeds: attn_mask has NaN"):
