@@ -235,9 +235,10 @@ def face_embeddings(face_analysis, images) -> torch.Tensor:
     if pack is not None and pack != V2_FACE_PACK:
         log.warning(
             "PhotoMaker v2 was trained with InsightFace %s embeddings; the %s pack gives different ones. "
-            "Load InsightFace with the %s pack for the official behaviour.",
+            "Use '%s' with the %s pack for the official behaviour.",
             V2_FACE_PACK,
             pack,
+            display_name(PuLIDInsightFaceLoader),
             V2_FACE_PACK,
         )
     n = len(images)
@@ -312,7 +313,7 @@ class PuLIDPhotoMakerEncode(io.ComfyNode):
             ),
             inputs=[
                 io.Clip.Input("clip", tooltip="The CLIP of the SDXL checkpoint."),
-                PhotoMaker.Input("photomaker", tooltip="From 'Load PhotoMaker (PuLID pack)'."),
+                PhotoMaker.Input("photomaker", tooltip=f"From '{display_name(PuLIDPhotoMakerLoader)}'."),
                 io.Image.Input(
                     "image",
                     tooltip="One or more photos of the same person (a batch). The whole image is used: the "

@@ -191,3 +191,22 @@ def test_combo_options_come_from_pulid_core(nodes):
     assert combo(nodes.loaders.PuLIDEvaClipLoader, "precision") == list(options.PRECISIONS)
     assert combo(nodes.pulid.PuLIDApply, "method") == list(options.METHODS)
     assert combo(nodes.legacy.ApplyPulid, "method") == list(options.METHODS)
+
+
+def test_every_node_named_in_a_schema_or_message_exists(nodes, pack):
+    """Descriptions, tooltips and messages name other nodes by their current display names."""
+    import asyncio
+    import re
+    from pathlib import Path
+
+    classes = asyncio.run(asyncio.run(pack.comfy_entrypoint()).get_node_list())
+    names = {cls.define_schema().display_name for cls in classes}
+    texts = []
+    for cls in classes:
+        schema = cls.define_schema()
+        texts.append(schema.description or "")
+        texts += [getattr(i, "tooltip", None) or "" for i in schema.inputs + (schema.outputs or [])]
+    texts += [p.read_text() for p in Path(nodes.pulid.__file__).parent.glob("*.py")]
+    quoted = {m for t in texts for m in re.findall(r"'((?:Load|Apply|Encode|Save|PhotoMaker Encode) [^']+)'", t)}
+    quoted = {q for q in quoted if "{" not in q}  # f-string templates are filled from the schema
+    assert quoted and quoted <= names, sorted(quoted - names)
