@@ -34,7 +34,7 @@ V1_EXTRA_IMAGE_TOKENS = 5
 # (projection, num_zero) per method, as the authors' apps set them. v1 (app.py): fidelity is
 # ortho_v2 + 8 zero tokens, style ortho + 16. v1.1 (app_v1_1.py) has one official setting,
 # ortho_v2 + 20; style keeps v1's projection with v1.1's 20. neutral is plain addition.
-METHODS = {
+METHOD_PRESETS = {
     "v1": {"fidelity": ("ortho_v2", 8), "style": ("ortho", 16), "neutral": ("none", 0)},
     "v1.1": {"fidelity": ("ortho_v2", 20), "style": ("ortho", 20), "neutral": ("none", 0)},
 }
@@ -43,9 +43,9 @@ METHOD_NAMES = ("fidelity", "style", "neutral")
 
 def method_settings(version: str, method: str) -> tuple[str, int]:
     """(projection, num_zero) of a method for a PuLID SDXL version."""
-    table = METHODS.get(version)
+    table = METHOD_PRESETS.get(version)
     if table is None:
-        raise PuLIDError(f"PuLID {version} has no method presets; they exist for {', '.join(METHODS)}.")
+        raise PuLIDError(f"PuLID {version} has no method presets; they exist for {', '.join(METHOD_PRESETS)}.")
     if method not in table:
         raise PuLIDError(f"Unknown PuLID method {method!r}; use one of {', '.join(table)}.")
     return table[method]
@@ -77,7 +77,7 @@ def encode_identity(model, id_cond: torch.Tensor, id_vit_hidden, *, combine: str
     version = getattr(model, "version", None)
     if combine not in COMBINES:
         raise PuLIDError(f"Unknown combine {combine!r}; use one of {', '.join(COMBINES)}.")
-    if version not in METHODS and version not in STACKED_VERSIONS:
+    if version not in METHOD_PRESETS and version not in STACKED_VERSIONS:
         raise PuLIDError(f"Unknown PuLID version {version!r}.")
     hidden = list(id_vit_hidden)
     if id_cond.ndim != 2 or id_cond.shape[0] < 1 or any(h.shape[0] != id_cond.shape[0] for h in hidden):

@@ -15,7 +15,7 @@ from pulid_core import load_pulid
 from pulid_core.errors import PuLIDError
 from pulid_core.identity import (
     COMBINES,
-    METHODS,
+    METHOD_PRESETS,
     encode_identity,
     method_settings,
     stored_combine,
@@ -141,7 +141,7 @@ def test_method_table_is_the_authors_settings():
     assert method_settings("v1", "style") == ("ortho", 16)
     assert method_settings("v1.1", "fidelity") == ("ortho_v2", 20)
     assert method_settings("v1.1", "neutral") == ("none", 0)
-    assert set(METHODS) == {"v1", "v1.1"}
+    assert set(METHOD_PRESETS) == {"v1", "v1.1"}
     with pytest.raises(PuLIDError, match="fidelity, style, neutral"):
         method_settings("v1", "custom")
     with pytest.raises(PuLIDError, match="no method presets"):
