@@ -1,13 +1,8 @@
-"""ComfyUI entry point of comfyui-pulid (V3 node schema)."""
+"""ComfyUI entry point of comfyui-pulid (V3 node schema).
 
-import os
-import sys
-
-# The nodes import the framework-free library as ``pulid_core``. Appended, not
-# prepended: our ``nodes`` package must never shadow ComfyUI's ``nodes`` module.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.append(_HERE)
+ComfyUI imports this folder as a package, so every module of the pack is imported
+relative to it (``nodes`` -> ``..pulid_core``) and nothing is added to ``sys.path``.
+"""
 
 try:
     from comfy_api.latest import ComfyExtension

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""What PuLID costs per sampling step and per reference face (issue 8).
+"""What PuLID costs per sampling step and per reference face.
 
 Everything runs in one process, the way a ComfyUI user runs it: the pinned ComfyUI
 in-process (CPU, or CUDA when present), this pack's nodes and loaders' code paths,
@@ -16,8 +16,8 @@ InsightFace is reported apart and left out of the comparisons, as in the referen
 
 Needs ~16 GB of RAM on CPU (the fp32 UNet alone is 10 GB). Writes
 benchmarks/results/<device>[-quick|-tiny][-no-steps].json and .md and prints the table.
-Numbers are measured here unless marked "quoted": those come from issue 8 (the archived
-cubiq/PuLID_ComfyUI measured on the project's 2-core CPU machines) and are not re-run.
+Numbers are measured here unless marked "quoted": those are the archived cubiq/PuLID_ComfyUI
+measured earlier on the project's 2-core CPU machines, and are not re-run.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ RESULTS = REPO / "benchmarks" / "results"
 
 log = logging.getLogger("bench_pulid")
 
-# Quoted from issue 8: cubiq/PuLID_ComfyUI on the project's 2-core CPU machines, full-size
+# Quoted (measured earlier, not by this script): cubiq/PuLID_ComfyUI on the project's 2-core CPU machines, full-size
 # SDXL with random weights, 512x512, cfg 5. Not measured by this script.
 REFERENCE = {
     "unpatched_step_s": (23.0, 24.0),

@@ -18,7 +18,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from pulid_core.attention import id_attention
+from ..pulid_core.attention import id_attention
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,7 @@ import folder_paths
 import safetensors.torch
 from comfy_api.latest import io
 
-from pulid_core.errors import PuLIDError
-
+from ..pulid_core.errors import PuLIDError
 from .pulid import (
     COMBINES,
     PROJECTIONS,

@@ -13,8 +13,8 @@ import importlib
 import logging
 import os
 
-from pulid_core.errors import ModelFileError
-from pulid_core.models import FOLDERS, ModelPaths, missing_file_message, registry, shell_quote
+from ..pulid_core.errors import ModelFileError
+from ..pulid_core.models import FOLDERS, ModelPaths, missing_file_message, registry, shell_quote
 
 log = logging.getLogger(__name__)
 

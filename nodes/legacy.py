@@ -10,12 +10,13 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from pulid_core.errors import ModelFileError
-from pulid_core.models import missing_file_message, registry
-
+from ..pulid_core.errors import ModelFileError
+from ..pulid_core.identity import method_settings
+from ..pulid_core.models import missing_file_message, registry
+from ..pulid_core.options import METHODS, PROJECTIONS, PROVIDERS
 from .loaders import load_adapter, load_eva, load_face_pipeline
-from .pulid import apply_embeds, check_adapter, cross_attn_layers, encode_faces, method_settings
-from .types import EvaClip, FaceAnalysis, PuLID
+from .pulid import apply_embeds, check_adapter, cross_attn_layers, encode_faces
+from .types import EvaClip, FaceAnalysis, PuLID, check_inputs
 
 CATEGORY = "pulid/legacy (cubiq ids)"
 
@@ -37,11 +38,12 @@ class PulidInsightFaceLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(node_id="PulidInsightFaceLoader", display_name="Load InsightFace (legacy id)",
                          category=CATEGORY,
-                         inputs=[io.Combo.Input("provider", options=["CPU", "CUDA", "ROCM", "CoreML"])],
+                         inputs=[io.Combo.Input("provider", options=list(PROVIDERS))],
                          outputs=[FaceAnalysis.Output(display_name="FACEANALYSIS")])
 
     @classmethod
     def execute(cls, provider):
+        check_inputs(cls, provider=provider)
         return io.NodeOutput(load_face_pipeline(provider, "antelopev2", "retinaface"))
 
 
@@ -69,17 +71,17 @@ class PulidEvaClipLoader(io.ComfyNode):
         return io.NodeOutput(load_eva(default_eva_file()))
 
 
-def _legacy_inputs():
+def legacy_inputs():
     return [io.Model.Input("model"), PuLID.Input("pulid"), EvaClip.Input("eva_clip"),
             FaceAnalysis.Input("face_analysis"), io.Image.Input("image")]
 
 
-def _range():
+def range_inputs():
     return [io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.001),
             io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.001)]
 
 
-def _apply(node, model, pulid, eva_clip, face_analysis, image, weight, projection, num_zero, start_at, end_at,
+def apply(node, model, pulid, eva_clip, face_analysis, image, weight, projection, num_zero, start_at, end_at,
            attn_mask, noise=0.0):
     adapter = check_adapter(pulid, node)
     cross_attn_layers(model, adapter)
@@ -94,16 +96,17 @@ class ApplyPulid(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ApplyPulid", display_name="Apply PuLID (legacy id)", category=CATEGORY,
-            inputs=_legacy_inputs() + [
-                io.Combo.Input("method", options=["fidelity", "style", "neutral"]),
+            inputs=legacy_inputs() + [
+                io.Combo.Input("method", options=list(METHODS)),
                 io.Float.Input("weight", default=1.0, min=-1.0, max=5.0, step=0.05),
-            ] + _range() + [io.Mask.Input("attn_mask", optional=True)],
+            ] + range_inputs() + [io.Mask.Input("attn_mask", optional=True)],
             outputs=[io.Model.Output()])
 
     @classmethod
     def execute(cls, model, pulid, eva_clip, face_analysis, image, method, weight, start_at, end_at, attn_mask=None):
-        projection, num_zero = method_settings(check_adapter(pulid, "ApplyPulid").version, method)
-        return io.NodeOutput(_apply("ApplyPulid", model, pulid, eva_clip, face_analysis, image, weight, projection,
+        node = check_inputs(cls, method=method, weight=weight, start_at=start_at, end_at=end_at, attn_mask=attn_mask)
+        projection, num_zero = method_settings(check_adapter(pulid, node).version, method)
+        return io.NodeOutput(apply(node, model, pulid, eva_clip, face_analysis, image, weight, projection,
                                     num_zero, start_at, end_at, attn_mask))
 
 
@@ -112,18 +115,20 @@ class ApplyPulidAdvanced(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ApplyPulidAdvanced", display_name="Apply PuLID Advanced (legacy id)", category=CATEGORY,
-            inputs=_legacy_inputs() + [
+            inputs=legacy_inputs() + [
                 io.Float.Input("weight", default=1.0, min=-1.0, max=5.0, step=0.05),
-                io.Combo.Input("projection", options=["ortho_v2", "ortho", "none"]),
+                io.Combo.Input("projection", options=list(PROJECTIONS)),
                 io.Int.Input("fidelity", default=8, min=0, max=32, step=1),
                 io.Float.Input("noise", default=0.0, min=-1.0, max=1.0, step=0.1),
-            ] + _range() + [io.Mask.Input("attn_mask", optional=True)],
+            ] + range_inputs() + [io.Mask.Input("attn_mask", optional=True)],
             outputs=[io.Model.Output()])
 
     @classmethod
     def execute(cls, model, pulid, eva_clip, face_analysis, image, weight, projection, fidelity, noise, start_at,
                 end_at, attn_mask=None):
-        return io.NodeOutput(_apply("ApplyPulidAdvanced", model, pulid, eva_clip, face_analysis, image, weight,
+        node = check_inputs(cls, weight=weight, projection=projection, fidelity=fidelity, noise=noise,
+                            start_at=start_at, end_at=end_at, attn_mask=attn_mask)
+        return io.NodeOutput(apply(node, model, pulid, eva_clip, face_analysis, image, weight,
                                     projection, fidelity, start_at, end_at, attn_mask, noise=noise))
 
 

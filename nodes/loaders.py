@@ -14,14 +14,11 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..pulid_core.options import ALIGNMENTS, PRECISIONS, PROVIDERS, check_choice
 from . import folders
-from .types import EvaClip, FaceAnalysis, PuLID
+from .types import EvaClip, FaceAnalysis, PuLID, check_inputs, display_name
 
 log = logging.getLogger(__name__)
-
-PROVIDERS = ["CPU", "CUDA", "ROCM", "CoreML", "DirectML"]
-ALIGNMENTS = ["retinaface", "insightface"]
-EVA_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class PuLIDAdapter:
@@ -50,7 +47,7 @@ class EvaClipModel:
 
 
 def load_adapter(filename: str) -> PuLIDAdapter:
-    from pulid_core import load_pulid
+    from ..pulid_core import load_pulid
 
     model = load_pulid(folders.resolve("pulid", filename))
     patcher = comfy.model_patcher.ModelPatcher(
@@ -60,9 +57,10 @@ def load_adapter(filename: str) -> PuLIDAdapter:
 
 
 def load_eva(filename: str, precision: str = "fp32") -> EvaClipModel:
-    from pulid_core import load_eva_clip
+    from ..pulid_core import load_eva_clip
 
-    dtype = EVA_DTYPES[precision]
+    dtype = PRECISIONS[check_choice(precision, PRECISIONS, node=display_name(PuLIDEvaClipLoader),
+                                    input_name="precision")]
     model = load_eva_clip(folders.resolve("eva_clip", filename), dtype=dtype)
     patcher = comfy.model_patcher.ModelPatcher(
         model, load_device=mm.text_encoder_device(), offload_device=mm.text_encoder_offload_device())
@@ -70,7 +68,7 @@ def load_eva(filename: str, precision: str = "fp32") -> EvaClipModel:
 
 
 def load_face_pipeline(provider: str, pack: str, alignment: str):
-    from pulid_core.face import FacePipeline, load_face_analysis, load_facexlib
+    from ..pulid_core.face import FacePipeline, load_face_analysis, load_facexlib
 
     # The folder holding the pack's .onnx files (found in any registered insightface dir).
     analyzer = load_face_analysis(folders.insightface_pack_dir(pack), pack=pack, provider=provider)
@@ -116,7 +114,7 @@ class PuLIDEvaClipLoader(io.ComfyNode):
                         "EVA02_CLIP_L_336_psz14_s6B.pt or the open_clip file. Nothing is downloaded.",
             inputs=[
                 io.Combo.Input("eva_clip", options=_file_combo("eva_clip")),
-                io.Combo.Input("precision", options=list(EVA_DTYPES), default="fp32",
+                io.Combo.Input("precision", options=list(PRECISIONS), default="fp32",
                                tooltip="fp32 is what the PuLID authors run; fp16/bf16 halve memory."),
             ],
             outputs=[EvaClip.Output(display_name="EVA_CLIP")],
@@ -124,6 +122,7 @@ class PuLIDEvaClipLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, eva_clip, precision="fp32"):
+        check_inputs(cls, precision=precision)
         return io.NodeOutput(load_eva(eva_clip, precision))
 
 
@@ -139,12 +138,12 @@ class PuLIDInsightFaceLoader(io.ComfyNode):
                         "models/insightface/models/<pack>) and the facexlib RetinaFace/BiSeNet models "
                         "(models/facexlib) for alignment and parsing.",
             inputs=[
-                io.Combo.Input("provider", options=PROVIDERS, default="CPU",
+                io.Combo.Input("provider", options=list(PROVIDERS), default="CPU",
                                tooltip="ONNX Runtime provider; falls back to CPU with a warning when the "
                                        "installed onnxruntime lacks it."),
                 io.Combo.Input("pack", options=packs, default="antelopev2" if "antelopev2" in packs else packs[0],
                                tooltip="antelopev2 for PuLID, buffalo_l for PhotoMaker v2"),
-                io.Combo.Input("alignment", options=ALIGNMENTS, default="retinaface",
+                io.Combo.Input("alignment", options=list(ALIGNMENTS), default="retinaface",
                                tooltip="retinaface: the authors' facexlib alignment; insightface: the "
                                        "detector's own five keypoints (no RetinaFace weights needed)"),
             ],
@@ -153,6 +152,7 @@ class PuLIDInsightFaceLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, provider, pack, alignment="retinaface"):
+        check_inputs(cls, provider=provider, alignment=alignment)
         return io.NodeOutput(load_face_pipeline(provider, pack, alignment))
 
 

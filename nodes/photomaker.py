@@ -1,6 +1,7 @@
 """PhotoMaker v1/v2 nodes: load the file (ID encoder + bundled LoRA) and encode a prompt with an identity.
 
-Done as the authors do (photomaker_spec.md §2-3), unlike ComfyUI core's experimental
+Done as the authors do (TencentARC/PhotoMaker photomaker/pipeline.py, v2: pipeline.py +
+model_v2.py + insightface_package.py), unlike ComfyUI core's experimental
 v1 node: all reference images are used, the class word before the trigger is repeated
 N (v1) or 2N (v2) times before text encoding and the trigger is removed, the fused
 vectors overwrite the full CLIP-L + CLIP-G width, the bundled LoRA is applied, and the
@@ -22,15 +23,15 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from pulid_core.errors import FaceNotFoundError, PuLIDError
-from pulid_core.face import to_uint8_rgb
-from pulid_core.photomaker import PhotoMakerModel, load_photomaker
-from pulid_core.photomaker.lora import comfy_lora_state_dict, lora_patches
-from pulid_core.photomaker.preprocess import preprocess_id_images
-from pulid_core.photomaker.prompt import CLIP_EOS, check_trigger, expand_class_tokens
-
+from ..pulid_core.errors import FaceNotFoundError, PuLIDError
+from ..pulid_core.face import to_uint8_rgb
+from ..pulid_core.photomaker import PhotoMakerModel, load_photomaker
+from ..pulid_core.photomaker.lora import comfy_lora_state_dict, lora_patches
+from ..pulid_core.photomaker.preprocess import preprocess_id_images
+from ..pulid_core.photomaker.prompt import CLIP_EOS, check_trigger, expand_class_tokens
 from . import folders
-from .types import FaceAnalysis
+from .loaders import PuLIDInsightFaceLoader
+from .types import FaceAnalysis, check_inputs, display_name
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class PuLIDPhotoMakerLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, photomaker_file, lora_strength) -> io.NodeOutput:
+        check_inputs(cls, lora_strength=lora_strength)
         patcher = load_photomaker_patcher(folders.resolve("photomaker", photomaker_file))
         encoder = patcher.model
         model = apply_lora(model, encoder.lora_weights, lora_strength, os.path.basename(photomaker_file))
@@ -181,7 +183,7 @@ def _analyzer(face_analysis):
     analyzer = getattr(face_analysis, "analyzer", face_analysis)
     if not callable(getattr(analyzer, "detect", None)) or not callable(getattr(analyzer, "embed", None)):
         raise PuLIDError(
-            "face_analysis must come from 'Load InsightFace (PuLID pack)' with the buffalo_l pack; "
+            f"face_analysis must come from '{display_name(PuLIDInsightFaceLoader)}' with the buffalo_l pack; "
             f"got {type(face_analysis).__name__}."
         )
     return analyzer
@@ -233,9 +235,10 @@ def face_embeddings(face_analysis, images) -> torch.Tensor:
     if pack is not None and pack != V2_FACE_PACK:
         log.warning(
             "PhotoMaker v2 was trained with InsightFace %s embeddings; the %s pack gives different ones. "
-            "Load InsightFace with the %s pack for the official behaviour.",
+            "Use '%s' with the %s pack for the official behaviour.",
             V2_FACE_PACK,
             pack,
+            display_name(PuLIDInsightFaceLoader),
             V2_FACE_PACK,
         )
     n = len(images)
@@ -289,8 +292,8 @@ def _photomaker_model(photomaker) -> PhotoMakerModel:
     model = getattr(photomaker, "model", None)
     if not isinstance(model, PhotoMakerModel):
         raise PuLIDError(
-            "photomaker must come from 'Load PhotoMaker (PuLID pack)' (core's PhotoMakerLoader gives another "
-            "kind of object)."
+            f"photomaker must come from '{display_name(PuLIDPhotoMakerLoader)}' (core's PhotoMakerLoader gives "
+            "another kind of object)."
         )
     return model
 
@@ -310,7 +313,7 @@ class PuLIDPhotoMakerEncode(io.ComfyNode):
             ),
             inputs=[
                 io.Clip.Input("clip", tooltip="The CLIP of the SDXL checkpoint."),
-                PhotoMaker.Input("photomaker", tooltip="From 'Load PhotoMaker (PuLID pack)'."),
+                PhotoMaker.Input("photomaker", tooltip=f"From '{display_name(PuLIDPhotoMakerLoader)}'."),
                 io.Image.Input(
                     "image",
                     tooltip="One or more photos of the same person (a batch). The whole image is used: the "
@@ -340,7 +343,7 @@ class PuLIDPhotoMakerEncode(io.ComfyNode):
                 FaceAnalysis.Input(
                     "face_analysis",
                     optional=True,
-                    tooltip="PhotoMaker v2 only: 'Load InsightFace (PuLID pack)' with the buffalo_l pack.",
+                    tooltip=f"PhotoMaker v2 only: '{display_name(PuLIDInsightFaceLoader)}' with the buffalo_l pack.",
                 ),
             ],
             outputs=[io.Conditioning.Output()],
@@ -348,6 +351,7 @@ class PuLIDPhotoMakerEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, photomaker, image, text, trigger_word, style_strength, face_analysis=None) -> io.NodeOutput:
+        check_inputs(cls, style_strength=style_strength)
         model = _photomaker_model(photomaker)
         if model.version == "v1" and face_analysis is not None:
             raise PuLIDError(
@@ -357,7 +361,7 @@ class PuLIDPhotoMakerEncode(io.ComfyNode):
         if model.version == "v2" and face_analysis is None:
             raise PuLIDError(
                 f"{model.name} is PhotoMaker v2, which needs the face embedding of each reference image: "
-                "connect face_analysis ('Load InsightFace (PuLID pack)', buffalo_l), or load "
+                f"connect face_analysis ('{display_name(PuLIDInsightFaceLoader)}', buffalo_l), or load "
                 "photomaker-v1.bin."
             )
         images = list(image)

@@ -11,26 +11,25 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from pulid_core.errors import PuLIDError
-from pulid_core.layers import MODULE_INDEX_BY_COMFY_KEY
-
+from ..pulid_core.errors import PuLIDError
+from ..pulid_core.identity import encode_identity, method_settings, stored_combine
+from ..pulid_core.layers import MODULE_INDEX_BY_COMFY_KEY
+from ..pulid_core.options import (
+    COMBINES,
+    METHODS,
+    METHODS_CUSTOM,
+    ON_NO_FACE,
+    PROJECTIONS,
+    SELECTIONS,
+    check_choice,
+    check_finite,
+    check_mask,
+)
 from .attn_patch import IDAttnPatch, IDContext
-from .loaders import EvaClipModel, PuLIDAdapter
-from .types import EvaClip, FaceAnalysis, PuLID
+from .loaders import EvaClipModel, PuLIDAdapter, PuLIDEvaClipLoader, PuLIDInsightFaceLoader, PuLIDModelLoader
+from .types import EvaClip, FaceAnalysis, PuLID, check_inputs, display_name
 
 log = logging.getLogger(__name__)
-
-# (projection, num_zero) per method, as the authors' apps set them. v1.1 has one
-# official setting (ortho_v2 + 20 zero tokens); style/neutral keep v1's projections.
-METHODS = {
-    "v1": {"fidelity": ("ortho_v2", 8), "style": ("ortho", 16), "neutral": ("none", 0)},
-    "v1.1": {"fidelity": ("ortho_v2", 20), "style": ("ortho", 20), "neutral": ("none", 0)},
-}
-PROJECTIONS = ["ortho_v2", "ortho", "none"]
-SELECTIONS = ["largest", "center", "left_to_right", "top_to_bottom", "large_to_small"]
-COMBINES = ["average", "concat"]
-V1_EXTRA_IMAGE_TOKENS = 5  # the official v1 app adds the first 5 tokens of each extra image
-
 
 @dataclass(frozen=True)
 class IDEmbeds:
@@ -91,17 +90,10 @@ def cross_attn_layers(model, adapter: PuLIDAdapter) -> list[tuple[tuple, int]]:
 def check_adapter(pulid, node: str) -> PuLIDAdapter:
     if not isinstance(pulid, PuLIDAdapter):
         raise PuLIDError(
-            f"{node}: the pulid input must come from 'Load PuLID Model' of this pack; got "
+            f"{node}: the pulid input must come from '{display_name(PuLIDModelLoader)}' of this pack; got "
             f"{type(pulid).__name__} (from another PuLID pack?)."
         )
     return pulid
-
-
-def method_settings(version: str, method: str) -> tuple[str, int]:
-    try:
-        return METHODS[version][method]
-    except KeyError as exc:
-        raise PuLIDError(f"Unknown PuLID method {method!r}; use fidelity, style or neutral.") from exc
 
 
 # -- encoding ----------------------------------------------------------------------
@@ -126,12 +118,17 @@ def _previews(prepared) -> torch.Tensor:
 
 def encode_faces(adapter: PuLIDAdapter, eva: EvaClipModel, face_pipeline, image, *, node: str,
                  selection="largest", on_no_face="error", combine="average", noise: float = 0.0):
-    """Reference image(s) → (IDEmbeds, preview IMAGE)."""
+    """Reference image(s) → (IDEmbeds, preview IMAGE). The tokens come from ``pulid_core.identity``."""
     if not isinstance(eva, EvaClipModel):
-        raise PuLIDError(f"{node}: the eva_clip input must come from 'Load EVA-CLIP (PuLID)' of this pack.")
+        raise PuLIDError(
+            f"{node}: the eva_clip input must come from '{display_name(PuLIDEvaClipLoader)}' of this pack.")
     if not hasattr(face_pipeline, "prepare_batch"):
-        raise PuLIDError(f"{node}: the face_analysis input must come from 'Load InsightFace + facexlib (PuLID)'.")
-    from pulid_core.face import id_cond_from
+        raise PuLIDError(
+            f"{node}: the face_analysis input must come from '{display_name(PuLIDInsightFaceLoader)}' of this pack.")
+    check_choice(combine, COMBINES, node=node, input_name="combine")
+    check_choice(on_no_face, ON_NO_FACE, node=node, input_name="on_no_face")
+    noise = check_finite(noise, node=node, input_name="uncond_noise")
+    from ..pulid_core.face import id_cond_from
 
     images = image if isinstance(image, (list, tuple)) else list(image)
     bar = comfy.utils.ProgressBar(len(images) + 2)
@@ -155,34 +152,13 @@ def encode_faces(adapter: PuLIDAdapter, eva: EvaClipModel, face_pipeline, image,
     model = adapter.model
     mm.load_models_gpu([adapter.patcher], force_full_load=True)
     device = adapter.patcher.load_device
-    id_cond = id_cond.to(device)
-    hidden = [h.to(device) for h in hidden]
-    with torch.no_grad():
-        if noise:
-            # The Advanced node's "uncond noise": the negative ID comes from uniform noise
-            # instead of zeros (seeded: the same graph gives the same image).
-            gen = torch.Generator(device="cpu").manual_seed(0)
-            u_cond = (torch.rand(id_cond[:1].shape, generator=gen) * noise).to(device)
-            u_hidden = [(torch.rand(h[:1].shape, generator=gen) * noise).to(device) for h in hidden]
-        if model.version == "v1.1":
-            # All images go through IDFormer together, as the official v1.1 pipeline does.
-            cond = model.encode(id_cond[None], [torch.cat(list(h), 0)[None] for h in hidden])
-            uncond = (model.encode(u_cond, u_hidden) if noise else model.encode_uncond(id_cond[:1], [h[:1] for h in hidden]))
-            combine = "idformer"
-        else:
-            per_image = model.encode(id_cond, hidden)  # [N, 10, D]
-            one_uncond = model.encode(u_cond, u_hidden) if noise else model.encode_uncond(id_cond[:1], [h[:1] for h in hidden])
-            if combine == "concat":
-                extra = per_image[1:, :V1_EXTRA_IMAGE_TOKENS].reshape(1, -1, per_image.shape[-1])
-                cond = torch.cat([per_image[:1], extra], dim=1)
-                extra_u = one_uncond[:, :V1_EXTRA_IMAGE_TOKENS].repeat(1, len(prepared) - 1, 1)
-                uncond = torch.cat([one_uncond, extra_u], dim=1)
-            else:
-                cond, uncond = per_image.mean(0, keepdim=True), one_uncond
+    cond, uncond = encode_identity(model, id_cond.to(device), [h.to(device) for h in hidden], combine=combine,
+                                   uncond_noise=noise)
     _offload(adapter.patcher)
     bar.update_absolute(len(images) + 2)
     out = mm.intermediate_device()
-    embeds = IDEmbeds(model.version, cond.float().to(out), uncond.float().to(out), len(prepared), combine,
+    embeds = IDEmbeds(model.version, cond.float().to(out), uncond.float().to(out), len(prepared),
+                      stored_combine(model.version, combine),
                       {"adapter": adapter.filename, "skipped": len(images) - len(prepared)})
     return embeds, _previews(prepared)
 
@@ -196,13 +172,18 @@ def apply_embeds(model, adapter: PuLIDAdapter, embeds: IDEmbeds, *, node: str, w
             f"{node}: these ID embeddings were made with PuLID {embeds.version}, the adapter is "
             f"{adapter.version} ({adapter.filename}). Encode the face with the same PuLID model."
         )
+    # The same ranges as the nodes' widgets (API clients skip the UI's checks; NaN passes ComfyUI's).
+    limits = {spec.id: (spec.min, spec.max) for spec in range_inputs(0.0)}
+    weight, start_at, end_at = (check_finite(value, node=node, input_name=name, lo=limits[name][0], hi=limits[name][1])
+                                for name, value in (("weight", weight), ("start_at", start_at), ("end_at", end_at)))
+    check_choice(projection, PROJECTIONS, node=node, input_name="projection")
+    num_zero = int(check_finite(num_zero, node=node, input_name="num_zero", lo=0))
     if start_at > end_at:
         raise PuLIDError(f"{node}: start_at ({start_at}) must not be after end_at ({end_at}).")
+    # [M, H, W], M = 1 or the latent batch (known at sampling: checked there with options.check_mask_batch).
+    mask = check_mask(attn_mask, node=node)
     layers = cross_attn_layers(model, adapter)
     sampling = model.get_model_object("model_sampling")
-    mask = None
-    if attn_mask is not None:
-        mask = attn_mask if attn_mask.ndim == 3 else attn_mask.reshape(-1, *attn_mask.shape[-2:])
     context = IDContext(adapter.patcher, embeds.cond, embeds.uncond, weight=weight, projection=projection,
                         num_zero=num_zero, sigma_start=sampling.percent_to_sigma(start_at),
                         sigma_end=sampling.percent_to_sigma(end_at), mask=mask)
@@ -216,8 +197,9 @@ def apply_embeds(model, adapter: PuLIDAdapter, embeds: IDEmbeds, *, node: str, w
     return patched
 
 
-def _selection(face_selection: str, face_index: int):
-    return face_selection if face_selection in ("largest", "center") else (face_selection, int(face_index))
+def selection_of(selection: str, index: int):
+    """The face pipeline's selection: 'largest', 'center' or (order, index)."""
+    return selection if selection in ("largest", "center") else (selection, int(index))
 
 
 def _common_inputs():
@@ -230,7 +212,7 @@ def _common_inputs():
     ]
 
 
-def _range_inputs(weight_default: float):
+def range_inputs(weight_default: float):
     return [
         io.Float.Input("weight", default=weight_default, min=-1.0, max=5.0, step=0.05,
                        tooltip="id_scale: higher is more likeness, less editability (authors: 0.8)."),
@@ -249,10 +231,10 @@ class PuLIDApply(io.ComfyNode):
             description="Injects the identity of the face in `image` into every cross-attention layer of an "
                         "SDXL model (PuLID v1 or v1.1, the authors' math).",
             inputs=_common_inputs() + [
-                io.Combo.Input("method", options=["fidelity", "style", "neutral"], default="fidelity",
+                io.Combo.Input("method", options=list(METHODS), default="fidelity",
                                tooltip="fidelity: ortho_v2 (v1: 8, v1.1: 20 zero tokens); style: ortho (v1: 16); "
                                        "neutral: plain addition (lower the weight)"),
-            ] + _range_inputs(0.8) + [io.Mask.Input("attn_mask", optional=True,
+            ] + range_inputs(0.8) + [io.Mask.Input("attn_mask", optional=True,
                                                      tooltip="Where the identity goes (several Apply nodes with "
                                                              "masks put several people in one image).")],
             outputs=[io.Model.Output()],
@@ -261,11 +243,13 @@ class PuLIDApply(io.ComfyNode):
     @classmethod
     def execute(cls, model, pulid, eva_clip, face_analysis, image, method, weight, start_at, end_at,
                 attn_mask=None):
-        adapter = check_adapter(pulid, "Apply PuLID")
+        node = check_inputs(cls, method=method, weight=weight, start_at=start_at, end_at=end_at,
+                            attn_mask=attn_mask)
+        adapter = check_adapter(pulid, node)
         projection, num_zero = method_settings(adapter.version, method)
         cross_attn_layers(model, adapter)  # refuse a wrong model before the slow face work
-        embeds, _ = encode_faces(adapter, eva_clip, face_analysis, image, node="Apply PuLID")
-        return io.NodeOutput(apply_embeds(model, adapter, embeds, node="Apply PuLID", weight=weight,
+        embeds, _ = encode_faces(adapter, eva_clip, face_analysis, image, node=node)
+        return io.NodeOutput(apply_embeds(model, adapter, embeds, node=node, weight=weight,
                                           projection=projection, num_zero=num_zero, start_at=start_at,
                                           end_at=end_at, attn_mask=attn_mask))
 
@@ -280,23 +264,23 @@ class PuLIDApplyAdvanced(io.ComfyNode):
             description="Apply PuLID with every setting exposed: projection, zero tokens, uncond noise, which "
                         "face, what to do without a face, how several photos combine.",
             inputs=_common_inputs() + [
-                io.Combo.Input("method", options=["fidelity", "style", "neutral", "custom"], default="custom",
+                io.Combo.Input("method", options=list(METHODS_CUSTOM), default="custom",
                                tooltip="custom uses projection and num_zero below; the others set them as "
                                        "Apply PuLID does"),
-            ] + _range_inputs(0.8) + [
-                io.Combo.Input("projection", options=PROJECTIONS, default="ortho_v2"),
+            ] + range_inputs(0.8) + [
+                io.Combo.Input("projection", options=list(PROJECTIONS), default="ortho_v2"),
                 io.Int.Input("num_zero", default=8, min=0, max=80,
                              tooltip="Zero tokens diluting the ID attention: more = more editable, less "
                                      "likeness (authors: v1 fidelity 8, style 16; v1.1 20)."),
                 io.Float.Input("uncond_noise", default=0.0, min=0.0, max=1.0, step=0.05,
                                tooltip="0: the negative ID is the encoder on zeros (authors). >0: on uniform "
                                        "noise of that size."),
-                io.Combo.Input("face_selection", options=SELECTIONS, default="largest"),
+                io.Combo.Input("face_selection", options=list(SELECTIONS), default="largest"),
                 io.Int.Input("face_index", default=0, min=0, max=64,
                              tooltip="For the ordered selections: which face (0 = first)."),
-                io.Combo.Input("on_no_face", options=["error", "skip"], default="error",
+                io.Combo.Input("on_no_face", options=list(ON_NO_FACE), default="error",
                                tooltip="skip drops photos without a face (the node errors if none is left)."),
-                io.Combo.Input("combine", options=COMBINES, default="average",
+                io.Combo.Input("combine", options=list(COMBINES), default="average",
                                tooltip="v1 with several photos: average the ID tokens, or concatenate (the "
                                        "official app). v1.1 always encodes all photos together."),
                 io.Mask.Input("attn_mask", optional=True),
@@ -307,17 +291,23 @@ class PuLIDApplyAdvanced(io.ComfyNode):
     @classmethod
     def execute(cls, model, pulid, eva_clip, face_analysis, image, method, weight, start_at, end_at, projection,
                 num_zero, uncond_noise, face_selection, face_index, on_no_face, combine, attn_mask=None):
-        node = "Apply PuLID (Advanced)"
+        node = check_inputs(cls, method=method, weight=weight, start_at=start_at, end_at=end_at,
+                            projection=projection, num_zero=num_zero, uncond_noise=uncond_noise,
+                            face_selection=face_selection, face_index=face_index, on_no_face=on_no_face,
+                            combine=combine, attn_mask=attn_mask)
         adapter = check_adapter(pulid, node)
         if method != "custom":
             projection, num_zero = method_settings(adapter.version, method)
         cross_attn_layers(model, adapter)
         embeds, _ = encode_faces(adapter, eva_clip, face_analysis, image, node=node,
-                                 selection=_selection(face_selection, face_index), on_no_face=on_no_face,
+                                 selection=selection_of(face_selection, face_index), on_no_face=on_no_face,
                                  combine=combine, noise=uncond_noise)
         return io.NodeOutput(apply_embeds(model, adapter, embeds, node=node, weight=weight, projection=projection,
                                           num_zero=num_zero, start_at=start_at, end_at=end_at,
                                           attn_mask=attn_mask))
 
+
+# The old private names, still imported by nodes/embeds.py (switch it to the public ones, then delete).
+_selection, _range_inputs = selection_of, range_inputs
 
 NODES = [PuLIDApply, PuLIDApplyAdvanced]

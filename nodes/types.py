@@ -1,13 +1,53 @@
-"""Socket types of the pack.
+"""Socket types of the pack, and the two schema helpers every node uses.
 
 PULID, EVA_CLIP and FACEANALYSIS keep the names the archived cubiq/PuLID_ComfyUI
 used, so its saved workflows connect; the nodes check what they receive and say
 so when an object comes from another pack.
 """
 
+from __future__ import annotations
+
+import functools
+
 from comfy_api.latest import io
+
+from ..pulid_core.errors import PuLIDError
+from ..pulid_core.options import check_choice, check_finite, check_mask
 
 PuLID = io.Custom("PULID")
 EvaClip = io.Custom("EVA_CLIP")
 FaceAnalysis = io.Custom("FACEANALYSIS")
 PuLIDEmbeds = io.Custom("PULID_EMBEDS")
+
+
+@functools.cache
+def display_name(node_cls) -> str:
+    """The name the user sees on a node, from its schema (error messages use it)."""
+    schema = node_cls.define_schema()
+    return schema.display_name or schema.node_id
+
+
+def check_inputs(node_cls, **values) -> str:
+    """Check widget values against ``node_cls``'s own schema; returns the node's display name.
+
+    ComfyUI 0.3.75 does not check a V3 COMBO value against its options for API clients and
+    its FLOAT range check lets NaN through, so each node checks what it receives: a COMBO value
+    must be one of its options, a FLOAT/INT a finite number within its min..max, a MASK finite
+    and in 0..1. Only the values passed are checked (file lists are left to the loaders, whose
+    messages say where a missing file comes from).
+    """
+    schema = node_cls.define_schema()
+    node = schema.display_name or schema.node_id
+    for spec in schema.inputs:
+        if spec.id not in values or values[spec.id] is None:
+            continue
+        value = values[spec.id]
+        if isinstance(spec, io.Combo.Input):
+            check_choice(value, spec.options, node=node, input_name=spec.id)
+        elif isinstance(spec, (io.Float.Input, io.Int.Input)):
+            number = check_finite(value, node=node, input_name=spec.id, lo=spec.min, hi=spec.max)
+            if isinstance(spec, io.Int.Input) and number != int(number):
+                raise PuLIDError(f"{node}: {spec.id} must be a whole number; got {value!r}.")
+        elif isinstance(spec, io.Mask.Input):
+            check_mask(value, node=node, input_name=spec.id)
+    return node

@@ -41,4 +41,5 @@ def __getattr__(name):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'pulid_core' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+    # Relative to this package: the pack imports it as ``<pack>.pulid_core``, scripts as ``pulid_core``.
+    return getattr(import_module(module.replace("pulid_core", __name__, 1)), name)

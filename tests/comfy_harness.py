@@ -6,6 +6,7 @@ scripts/setup_env.sh (linked at .cache/comfyui) or from COMFYUI_DIR.
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import json
 import os
@@ -57,11 +58,44 @@ def init_inprocess(cpu: bool = True) -> Path:
     return root
 
 
-def load_pack_inprocess(cpu: bool = True):
-    """Import this repository as the ComfyUI pack module ``comfyui_pulid``."""
+class SharedCore(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Resolves ``<pack>.pulid_core[.x]`` to the top-level ``pulid_core[.x]`` (test processes only).
+
+    ComfyUI imports the pack as a package, whose nodes import ``..pulid_core``. Tests and
+    benchmarks also import ``pulid_core`` directly; without this they would hold a second copy,
+    with its own exception classes and model classes (``pytest.raises`` and ``isinstance`` would
+    not match the pack's).
+    """
+
+    def __init__(self, package: str):
+        self.prefix = f"{package}.pulid_core"
+
+    def find_spec(self, name, path=None, target=None):
+        if name == self.prefix or name.startswith(self.prefix + "."):
+            return importlib.util.spec_from_loader(name, self)
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        # importlib returns whatever sys.modules holds under the name after exec_module.
+        sys.modules[module.__name__] = importlib.import_module("pulid_core" + module.__name__[len(self.prefix):])
+
+
+def load_pack_inprocess(cpu: bool = True, share_core: bool = True):
+    """Import this repository as the ComfyUI pack module ``comfyui_pulid``.
+
+    With ``share_core`` the pack's ``pulid_core`` is the top-level one the tests import (see
+    SharedCore); without, the pack is imported exactly as ComfyUI does.
+    """
     init_inprocess(cpu)
     if "comfyui_pulid" in sys.modules:
         return sys.modules["comfyui_pulid"]
+    if share_core:
+        if str(REPO) not in sys.path:
+            sys.path.append(str(REPO))
+        sys.meta_path.insert(0, SharedCore("comfyui_pulid"))
     spec = importlib.util.spec_from_file_location(
         "comfyui_pulid", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
     module = importlib.util.module_from_spec(spec)

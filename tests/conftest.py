@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+# Tests only: the test helpers (tests/) and the repository root, so ``pulid_core`` imports on its
+# own. The pack itself adds nothing to sys.path; comfy_harness makes its ``pulid_core`` this one.
 TESTS = Path(__file__).resolve().parent
 for path in (TESTS, TESTS.parent):
     if str(path) not in sys.path:

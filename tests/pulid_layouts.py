@@ -74,7 +74,8 @@ def pulid_shapes(
 
 
 def to_ipadapter_layout(state: dict) -> dict:
-    """Official PuLID keys -> IPAdapter-format keys (spec §1.1 renaming table)."""
+    """Official PuLID keys -> IPAdapter-format keys (id_adapter. -> image_proj., id_adapter_attn_layers. ->
+    ip_adapter., as in huchenlei/ipadapter_pulid's conversion)."""
     out = {}
     for key, value in state.items():
         key = key.replace("id_adapter_attn_layers.", "ip_adapter.").replace("id_adapter.", "image_proj.")

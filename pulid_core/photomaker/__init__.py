@@ -17,4 +17,5 @@ def __getattr__(name):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'pulid_core.photomaker' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+    # Relative to this package (the pack imports it as ``<pack>.pulid_core.photomaker``).
+    return getattr(import_module(module.replace("pulid_core.photomaker", __name__, 1)), name)

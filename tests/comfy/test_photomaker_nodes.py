@@ -157,7 +157,7 @@ def test_loader_detects_the_version_and_manages_the_encoder(ph, loaded):
 
 
 def _expected_lora_targets(si):
-    """(official key, LDM weight) for every LoRA tensor, from the SDXL block table of the spec (§1.4)."""
+    """(official key, LDM weight) for every LoRA tensor, from the diffusers -> LDM SDXL block table."""
     ldm = {
         "down_blocks.1.attentions.0": "input_blocks.4.1",
         "down_blocks.1.attentions.1": "input_blocks.5.1",
@@ -270,7 +270,8 @@ def test_loader_file_errors(ph, pm_dir, tiny_sdxl):
 
 
 # ---------------------------------------------------------------------------
-# Tokenisation with ComfyUI's SDXL tokenizer (spec §2.2-2.3, §4.4, §6.1)
+# Tokenisation with ComfyUI's SDXL tokenizer: the class word repeated, the trigger dropped
+# (TencentARC/PhotoMaker pipeline.py, encode_prompt_with_trigger_word)
 # ---------------------------------------------------------------------------
 
 

@@ -19,7 +19,8 @@ OFFICIAL = next(v for k, v in LAYOUTS.items() if k.startswith("EVA02_CLIP_L_336"
 OPEN_CLIP = next(v for k, v in LAYOUTS.items() if k.startswith("open_clip EVA02-L-14-336"))
 TOL = 1e-3  # golden README: deep towers, values of order 1-30
 
-# Spec §5.3, official EVA-CLIP -> timm names, written out here independently of the loader.
+# Official EVA-CLIP (QuanSun/EVA-CLIP) -> timm eva02_large_patch14_clip_336 names, written out here
+# independently of the loader.
 RENAME = [
     (".attn.q_bias", ".attn.q_proj.bias"),
     (".attn.v_bias", ".attn.v_proj.bias"),

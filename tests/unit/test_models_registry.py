@@ -25,14 +25,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _folders_module():
-    # nodes/ is imported relative to the pack inside ComfyUI; load the file directly
-    # so ComfyUI's own top-level ``nodes`` module can never shadow it.
-    import importlib.util
+    # nodes/ imports ..pulid_core as part of the pack: import it inside a stand-in package
+    # (never ComfyUI's own top-level ``nodes``) whose pulid_core is the tests' own module.
+    import importlib
+    import sys
+    import types
 
-    spec = importlib.util.spec_from_file_location("pulid_nodes_folders", ROOT / "nodes" / "folders.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from comfy_harness import SharedCore
+
+    if "pulid_pack" not in sys.modules:
+        pack = types.ModuleType("pulid_pack")
+        pack.__path__ = [str(ROOT)]
+        sys.modules["pulid_pack"] = pack
+        sys.meta_path.insert(0, SharedCore("pulid_pack"))
+    return importlib.import_module("pulid_pack.nodes.folders")
 
 
 def sized_safetensors(path, size):
@@ -487,14 +493,14 @@ def test_register_folders_with_real_folder_paths(tmp_path):
     write(f"{tmp_path}/m/insightface/models/antelopev2/glintr100.onnx", b"x")
     write(f"{tmp_path}/m/insightface/models/antelopev2/notes.txt", b"x")
     code = textwrap.dedent(f"""
-        import importlib.util, json, sys
-        sys.path[:0] = [{str(_comfyui_dir())!r}, {str(ROOT)!r}]
+        import importlib, json, sys, types
+        sys.path[:0] = [{str(_comfyui_dir())!r}]
         import folder_paths
         from utils.extra_config import load_extra_path_config
         folder_paths.models_dir = {str(tmp_path / "m")!r}
         load_extra_path_config({str(yaml_file)!r})
-        spec = importlib.util.spec_from_file_location("f", {str(ROOT / "nodes" / "folders.py")!r})
-        f = importlib.util.module_from_spec(spec); spec.loader.exec_module(f)
+        pack = types.ModuleType("pulid_pack"); pack.__path__ = [{str(ROOT)!r}]; sys.modules["pulid_pack"] = pack
+        f = importlib.import_module("pulid_pack.nodes.folders")  # as ComfyUI imports the pack: a package
         before = folder_paths.folder_names_and_paths["photomaker"]
         f.register_folders()
         fnp = folder_paths.folder_names_and_paths

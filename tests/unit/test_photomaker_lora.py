@@ -9,7 +9,7 @@ from pulid_core.errors import ModelFileError
 from pulid_core.photomaker.lora import comfy_lora_state_dict, ldm_weight_name, lora_patches
 
 RANK = 64
-# (diffusers attention block, transformer blocks, width, LDM prefix) for the SDXL UNet (spec §1.4).
+# (diffusers attention block, transformer blocks, width, LDM prefix) for the SDXL UNet.
 BLOCKS = [
     ("down_blocks.1.attentions.0", 2, 640, "input_blocks.4.1"),
     ("down_blocks.1.attentions.1", 2, 640, "input_blocks.5.1"),

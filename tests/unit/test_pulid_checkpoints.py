@@ -27,7 +27,7 @@ LAYOUTS = json.loads((ROOT / "tests" / "data" / "golden" / "checkpoint_layouts.j
 PULID_LAYOUTS = {k.split(" ")[0]: v for k, v in LAYOUTS.items() if "pulid" in k.split(" ")[0]}
 
 
-# --- the SDXL layer table (spec §1.5) -------------------------------------------------------------
+# --- the SDXL layer table (diffusers attn processor order -> ComfyUI block keys) ------------------
 
 
 def test_layer_table_order_and_keys():
