@@ -216,7 +216,7 @@ def apply_embeds(model, adapter: PuLIDAdapter, embeds: IDEmbeds, *, node: str, w
     return patched
 
 
-def _selection(face_selection: str, face_index: int):
+def selection_arg(face_selection: str, face_index: int):
     return face_selection if face_selection in ("largest", "center") else (face_selection, int(face_index))
 
 
@@ -230,7 +230,7 @@ def _common_inputs():
     ]
 
 
-def _range_inputs(weight_default: float):
+def range_inputs(weight_default: float):
     return [
         io.Float.Input("weight", default=weight_default, min=-1.0, max=5.0, step=0.05,
                        tooltip="id_scale: higher is more likeness, less editability (authors: 0.8)."),
@@ -252,7 +252,7 @@ class PuLIDApply(io.ComfyNode):
                 io.Combo.Input("method", options=["fidelity", "style", "neutral"], default="fidelity",
                                tooltip="fidelity: ortho_v2 (v1: 8, v1.1: 20 zero tokens); style: ortho (v1: 16); "
                                        "neutral: plain addition (lower the weight)"),
-            ] + _range_inputs(0.8) + [io.Mask.Input("attn_mask", optional=True,
+            ] + range_inputs(0.8) + [io.Mask.Input("attn_mask", optional=True,
                                                      tooltip="Where the identity goes (several Apply nodes with "
                                                              "masks put several people in one image).")],
             outputs=[io.Model.Output()],
@@ -283,7 +283,7 @@ class PuLIDApplyAdvanced(io.ComfyNode):
                 io.Combo.Input("method", options=["fidelity", "style", "neutral", "custom"], default="custom",
                                tooltip="custom uses projection and num_zero below; the others set them as "
                                        "Apply PuLID does"),
-            ] + _range_inputs(0.8) + [
+            ] + range_inputs(0.8) + [
                 io.Combo.Input("projection", options=PROJECTIONS, default="ortho_v2"),
                 io.Int.Input("num_zero", default=8, min=0, max=80,
                              tooltip="Zero tokens diluting the ID attention: more = more editable, less "
@@ -313,7 +313,7 @@ class PuLIDApplyAdvanced(io.ComfyNode):
             projection, num_zero = method_settings(adapter.version, method)
         cross_attn_layers(model, adapter)
         embeds, _ = encode_faces(adapter, eva_clip, face_analysis, image, node=node,
-                                 selection=_selection(face_selection, face_index), on_no_face=on_no_face,
+                                 selection=selection_arg(face_selection, face_index), on_no_face=on_no_face,
                                  combine=combine, noise=uncond_noise)
         return io.NodeOutput(apply_embeds(model, adapter, embeds, node=node, weight=weight, projection=projection,
                                           num_zero=num_zero, start_at=start_at, end_at=end_at,
