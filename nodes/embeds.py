@@ -100,7 +100,7 @@ class PuLIDApplyEmbeds(io.ComfyNode):
                 attn_mask=None):
         node = "Apply PuLID Embeds"
         adapter = check_adapter(pulid, node)
-        embeds = checked_embeds(embeds, node, expected_version=adapter.version)
+        embeds = checked_embeds(embeds, node, adapter)
         if method != "custom":
             projection, num_zero = method_settings(adapter.version, method)
         return io.NodeOutput(apply_embeds(model, adapter, embeds, node=node, weight=weight, projection=projection,
@@ -114,13 +114,15 @@ def describe(embeds: IDEmbeds) -> str:
     return str(source) if source else "embeds from 'Encode Face (PuLID)'"
 
 
-def checked_embeds(embeds, node: str, expected_version: str | None = None) -> IDEmbeds:
+def checked_embeds(embeds, node: str, adapter=None) -> IDEmbeds:
     """The embeds input, checked (shape, dtype, finite values, kind); fp32 tensors."""
     if not isinstance(embeds, IDEmbeds):
         raise PuLIDError(f"{node}: embeds must come from 'Encode Face (PuLID)' or 'Load PuLID Embeds'; got "
                          f"{type(embeds).__name__}.")
     cond, uncond = check_tokens(embeds.cond, embeds.uncond, embeds.version, embeds.combine, embeds.images,
-                                name=describe(embeds), node=node, expected_version=expected_version)
+                                name=describe(embeds), node=node,
+                                expected_version=adapter.version if adapter is not None else None,
+                                width=getattr(adapter.model, "context_dim", None) if adapter is not None else None)
     return dataclasses.replace(embeds, cond=cond, uncond=uncond)
 
 

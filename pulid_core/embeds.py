@@ -1,7 +1,7 @@
 """Saved PuLID ID embeddings: the file format, and checking what a file or a client hands in.
 
 An embeddings file is a safetensors file with two tensors, ``cond`` and ``uncond``
-([1, T, 2048]: the ID tokens of the positive and of the negative branch), and string
+([1, T, 2048] with real models: the ID tokens of the positive and of the negative branch), and string
 metadata: the format tag, the PuLID kind that made them, the number of photos, how
 several photos were combined, and a JSON object of extras.
 """
@@ -40,7 +40,7 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 
 @dataclass(frozen=True)
 class CheckedEmbeds:
-    """Validated embeddings: fp32 cond / uncond [1, T, 2048] and their parsed metadata."""
+    """Validated embeddings: fp32 cond / uncond [1, T, width] and their parsed metadata."""
 
     version: str
     cond: torch.Tensor
@@ -88,8 +88,12 @@ def parse_metadata(metadata, *, name: str, node: str) -> tuple[str, int, str, di
 
 
 def check_tokens(cond, uncond, version: str, combine: str, images: int, *, name: str, node: str,
-                 expected_version: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check ID tokens against their kind (and the loaded adapter's); return them as fp32 on the CPU."""
+                 expected_version: str | None = None, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check ID tokens against their kind (and the loaded adapter's); return them as fp32 on the CPU.
+
+    ``width``: the adapter's token width (its UNet context, 2048 for SDXL and FLUX) when an
+    adapter is at hand; without one, cond and uncond need only share their width.
+    """
     bad = f"{node}: {name}: "
     if version not in TOKENS:
         raise PuLIDError(f"{bad}unknown PuLID kind {version!r} (known: {', '.join(TOKENS)}).")
@@ -110,14 +114,16 @@ def check_tokens(cond, uncond, version: str, combine: str, images: int, *, name:
             raise PuLIDError(f"{bad}'{label}' is {str(t.dtype).replace('torch.', '')}; ID tokens are floats. "
                              "The file was not written by 'Save PuLID Embeds': encode the face again.")
         shape = list(t.shape)
-        if shape != [1, tokens, WIDTH]:
+        if width is None and label == "cond" and len(shape) == 3:
+            width = shape[2]
+        if shape != [1, tokens, width]:
             extra = ""
             if len(shape) == 3 and shape[0] != 1:
                 extra = " (one identity per file: a batch of several is not applied row by row)"
             raise PuLIDError(
                 f"{bad}'{label}' has shape {shape}; PuLID {version} embeddings"
                 f"{' of ' + str(images) + ' photos (concat)' if tokens != TOKENS[version] else ''} are "
-                f"[1, {tokens}, {WIDTH}]{extra}. Encode the face again with 'Encode Face (PuLID)'."
+                f"[1, {tokens}, {width or WIDTH}]{extra}. Encode the face again with 'Encode Face (PuLID)'."
             )
         t = t.detach().to("cpu", torch.float32)
         finite = torch.isfinite(t)
@@ -132,7 +138,8 @@ def check_tokens(cond, uncond, version: str, combine: str, images: int, *, name:
     return out[0], out[1]
 
 
-def check_embeds(tensors, metadata, *, name: str, node: str, expected_version: str | None = None) -> CheckedEmbeds:
+def check_embeds(tensors, metadata, *, name: str, node: str, expected_version: str | None = None,
+                 width: int | None = None) -> CheckedEmbeds:
     """Validate an embeddings state dict (``{"cond", "uncond"}`` + string metadata) as read from a file."""
     if not isinstance(tensors, dict):
         raise PuLIDError(f"{node}: {name} holds no tensors.")
@@ -150,11 +157,11 @@ def check_embeds(tensors, metadata, *, name: str, node: str, expected_version: s
                          "not written by 'Save PuLID Embeds'.")
     version, images, combine, extra = parse_metadata(metadata, name=name, node=node)
     cond, uncond = check_tokens(tensors["cond"], tensors["uncond"], version, combine, images, name=name, node=node,
-                                expected_version=expected_version)
+                                expected_version=expected_version, width=width)
     return CheckedEmbeds(version, cond, uncond, images, combine, extra)
 
 
-def read_embeds(path, *, node: str, expected_version: str | None = None) -> CheckedEmbeds:
+def read_embeds(path, *, node: str, expected_version: str | None = None, width: int | None = None) -> CheckedEmbeds:
     """Read and validate an embeddings file; every problem is a PuLIDError naming the node and the file."""
     name = os.path.basename(os.fspath(path))
     try:
@@ -162,7 +169,7 @@ def read_embeds(path, *, node: str, expected_version: str | None = None) -> Chec
                                                         "Embeds'", max_bytes=MAX_FILE_BYTES)
     except PuLIDError as exc:
         raise PuLIDError(f"{node}: {exc}") from exc
-    return check_embeds(tensors, metadata, name=name, node=node, expected_version=expected_version)
+    return check_embeds(tensors, metadata, name=name, node=node, expected_version=expected_version, width=width)
 
 
 def embeds_metadata(version: str, images: int, combine: str, extra: dict) -> dict[str, str]:
