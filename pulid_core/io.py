@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import struct
 import zipfile
 from collections.abc import Mapping
 
@@ -116,7 +117,8 @@ def _read_pickle(path: str, name: str, size: int):
             f"{name} ({size:,} bytes) is not a PyTorch checkpoint, or is corrupt ({reason}): delete it and "
             "download it again."
         ) from exc
-    except (EOFError, zipfile.BadZipFile) as exc:
+    except (EOFError, zipfile.BadZipFile, IndexError, KeyError, struct.error, UnicodeDecodeError) as exc:
+        # What torch's unpickler raises on a pickle that stops or goes wrong midway.
         raise ModelFileError(
             f"{name} ({size:,} bytes) is truncated or corrupt ({_first_line(exc) or type(exc).__name__}): "
             "delete it and download it again."
@@ -205,7 +207,7 @@ def _weights_only_reason(exc: BaseException) -> str:
 
 
 def _preview(head: bytes) -> str:
-    text = head[:24].decode("latin-1")
+    text = head[:32].decode("latin-1")
     if all(c.isprintable() or c in "\r\n\t" for c in text):
         return repr(" ".join(text.split()))
     return head[:8].hex(" ")
