@@ -11,7 +11,7 @@ import torch
 
 from pulid_core.errors import ModelFileError
 from pulid_core.face import load_face_analysis
-from pulid_core.io import pickle_globals, read_safetensors, read_state_dict
+import pulid_core.io as pio
 from tests.unit.face_models import kps_for_box, make_pack
 
 NOT_A_CHECKPOINT = "not a PyTorch checkpoint (an HTML page? a failed download?)"
@@ -42,7 +42,7 @@ def test_junk_saved_as_a_checkpoint_is_called_a_failed_download(tmp_path, suffix
     path = tmp_path / f"pulid_v1{suffix}"
     path.write_bytes(JUNK[content])
     with pytest.raises(ModelFileError) as err:
-        read_state_dict(path)
+        pio.read_state_dict(path)
     message = str(err.value)
     assert path.name in message and NOT_A_CHECKPOINT in message
     # Junk is not an attack: no talk of code or refusal.
@@ -53,7 +53,7 @@ def test_the_message_shows_how_the_file_starts(tmp_path):
     path = tmp_path / "model.bin"
     path.write_bytes(JUNK["html"])
     with pytest.raises(ModelFileError, match=r"starts with .<!DOCTYPE html> <html><head>"):
-        read_state_dict(path)
+        pio.read_state_dict(path)
 
 
 # -- real pickles ----------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def test_only_a_code_running_global_is_called_unsafe(tmp_path, writer):
         with open(path, "wb") as f:
             pickle.dump(payload, f)
     with pytest.raises(ModelFileError, match=r"Refused to load model.pth: .*asks to import and call \w+\.system"):
-        read_state_dict(path)
+        pio.read_state_dict(path)
     assert not marker.exists()
 
 
@@ -81,13 +81,13 @@ def test_pickled_objects_that_are_not_code_are_named_not_called_malicious(tmp_pa
     path = tmp_path / "whole_model.pth"
     torch.save(torch.nn.Linear(2, 2), path)
     with pytest.raises(ModelFileError) as err:
-        read_state_dict(path)
+        pio.read_state_dict(path)
     message = str(err.value)
     assert "torch.nn.modules.linear.Linear objects" in message and "run on loading" not in message
     np_path = tmp_path / "numpy.pth"
     torch.save({"w": np.zeros(3)}, np_path)
     with pytest.raises(ModelFileError) as err:
-        read_state_dict(np_path)
+        pio.read_state_dict(np_path)
     assert "numpy" in str(err.value) and "run on loading" not in str(err.value)
 
 
@@ -96,9 +96,9 @@ def test_plain_weights_still_load(tmp_path, legacy):
     path = tmp_path / "w.pt"
     torch.save({"a": torch.arange(3.0), "b": torch.ones(2, dtype=torch.float16)}, path,
                _use_new_zipfile_serialization=not legacy)
-    state = read_state_dict(path)
+    state = pio.read_state_dict(path)
     assert torch.equal(state["a"], torch.arange(3.0)) and state["b"].dtype == torch.float16
-    assert all(g.split(" ")[0].startswith(("torch", "collections")) for g in pickle_globals(str(path)))
+    assert all(g.split(" ")[0].startswith(("torch", "collections")) for g in pio.pickle_globals(str(path)))
 
 
 def test_a_truncated_pickle_is_corrupt_not_malicious(tmp_path):
@@ -106,7 +106,7 @@ def test_a_truncated_pickle_is_corrupt_not_malicious(tmp_path):
     torch.save({"a": torch.arange(3000.0)}, path, _use_new_zipfile_serialization=False)
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(ModelFileError) as err:
-        read_state_dict(path)
+        pio.read_state_dict(path)
     assert "w.pt" in str(err.value) and "Refused" not in str(err.value)
 
 
@@ -118,17 +118,17 @@ def test_read_safetensors_returns_metadata_and_names_the_fix(tmp_path):
 
     path = tmp_path / "e.safetensors"
     save_file({"x": torch.ones(2, 3)}, str(path), metadata={"k": "v"})
-    tensors, metadata = read_safetensors(path)
+    tensors, metadata = pio.read_safetensors(path)
     assert metadata == {"k": "v"} and torch.equal(tensors["x"], torch.ones(2, 3))
     empty = tmp_path / "empty.safetensors"
     empty.write_bytes(b"")
     with pytest.raises(ModelFileError, match="empty.safetensors is empty .0 bytes.: save it again"):
-        read_safetensors(empty, fix="save it again")
+        pio.read_safetensors(empty, fix="save it again")
     path.write_bytes(path.read_bytes()[:-5])
     with pytest.raises(ModelFileError, match="e.safetensors .* not a readable safetensors file"):
-        read_safetensors(path)
+        pio.read_safetensors(path)
     with pytest.raises(ModelFileError, match="more than such a file holds"):
-        read_safetensors(tmp_path / "e.safetensors", max_bytes=10)
+        pio.read_safetensors(tmp_path / "e.safetensors", max_bytes=10)
 
 
 # -- InsightFace packs: only the files used are opened ----------------------------------------
