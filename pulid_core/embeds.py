@@ -149,7 +149,7 @@ def check_embeds(tensors, metadata, *, name: str, node: str, expected_version: s
         raise PuLIDError(f"{node}: {name} is not a PuLID embeddings file saved by 'Save PuLID Embeds'{looks}.")
     missing = [k for k in ("cond", "uncond") if k not in tensors]
     if missing:
-        raise PuLIDError(f"{node}: {name} has no {' and no '.join(repr(k) for k in missing)} tensor (it has: "
+        raise PuLIDError(f"{node}: {name}: no {' and no '.join(repr(k) for k in missing)} tensor (it has: "
                          f"{', '.join(sorted(tensors)) or 'nothing'}). Encode the face again and save it.")
     others = sorted(set(tensors) - {"cond", "uncond"})
     if others:
