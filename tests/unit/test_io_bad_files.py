@@ -163,15 +163,18 @@ def test_a_damaged_file_the_pack_never_uses_does_not_block(pack_dir, tmp_path, u
         assert unused in caplog.text
 
 
-def test_the_unused_models_are_never_opened(pack_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("detector", ["scrfd_10g_bnkps.onnx", "zz_detector.onnx"])
+def test_the_unused_models_are_never_opened(pack_dir, tmp_path, monkeypatch, detector):
     import pulid_core.face.insight as insight
 
     folder = _pack_copy(pack_dir, tmp_path)
+    os.rename(folder / "scrfd_10g_bnkps.onnx", folder / detector)  # a renamed one is found by signature
     opened = []
     real = insight._read_onnx
     monkeypatch.setattr(insight, "_read_onnx", lambda path: opened.append(os.path.basename(path)) or real(path))
-    load_face_analysis(str(tmp_path))
-    assert sorted(opened) == ["glintr100.onnx", "scrfd_10g_bnkps.onnx"]
+    fa = load_face_analysis(str(tmp_path))
+    assert os.path.basename(fa.detector.path) == detector
+    assert sorted(opened) == sorted(["glintr100.onnx", detector])
     assert {"1k3d68.onnx", "2d106det.onnx", "genderage.onnx"} <= set(os.listdir(folder))
 
 
