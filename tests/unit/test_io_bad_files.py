@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+import pulid_core.io as pio
 from pulid_core.errors import ModelFileError
 from pulid_core.face import load_face_analysis
-import pulid_core.io as pio
 from tests.unit.face_models import kps_for_box, make_pack
 
 NOT_A_CHECKPOINT = "not a PyTorch checkpoint (an HTML page? a failed download?)"
