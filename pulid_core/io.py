@@ -40,9 +40,16 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     formats a nested dict such as PhotoMaker's ``{"id_encoder", "lora_weights"}``).
     """
     path, name, size = _check_file(path, REDOWNLOAD)
-    if path.lower().endswith((".safetensors", ".sft")):
+    if path.lower().endswith((".safetensors", ".sft")) or _is_safetensors(path, size):
         return _read_safetensors(path, name, size, REDOWNLOAD)[0]
     return _read_pickle(path, name, size)
+
+
+def _is_safetensors(path: str, size: int) -> bool:
+    """A safetensors file under another suffix: an 8-byte little-endian header length, then '{'."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8
 
 
 def read_safetensors(path: str | os.PathLike, *, fix: str = REDOWNLOAD,

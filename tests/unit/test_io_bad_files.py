@@ -110,6 +110,14 @@ def test_a_truncated_pickle_is_corrupt_not_malicious(tmp_path):
     assert "w.pt" in str(err.value) and "Refused" not in str(err.value)
 
 
+def test_a_safetensors_file_saved_as_bin_is_read_as_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.bin"
+    save_file({"w": torch.arange(4.0)}, str(path))
+    assert torch.equal(pio.read_state_dict(path)["w"], torch.arange(4.0))
+
+
 # -- safetensors with metadata (the embeddings reader) ----------------------------------------
 
 
