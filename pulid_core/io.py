@@ -1,8 +1,10 @@
 """Reading weight files safely, and telling the user what a wrong file looks like.
 
-Every loader of the pack goes through :func:`read_state_dict`, so the rules hold
-everywhere: pickles only through ``torch.load(weights_only=True)``, dtypes kept,
-and a truncated, corrupt or code-carrying file gets a message naming the file.
+Every loader of the pack goes through :func:`read_state_dict` (or :func:`read_safetensors`
+where the metadata matters), so the rules hold everywhere: pickles only through
+``torch.load(weights_only=True)``, dtypes kept, and a truncated, corrupt or code-carrying
+file gets a message naming the file. A file that is no checkpoint at all (an HTML error
+page, a Git LFS pointer) is told apart from a pickle that imports code-running globals.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from .errors import ModelFileError
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
 REDOWNLOAD = "delete it and download it again"
 ZIP_MAGIC = b"PK\x03\x04"
 # torch.save writes a zip archive (torch >= 1.6) or, legacy, pickles of protocol 2+ (PROTO opcode 0x80).
