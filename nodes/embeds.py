@@ -2,30 +2,31 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 
 import folder_paths
-import safetensors.torch
 from comfy_api.latest import io
 
+from ..pulid_core.embeds import check_tokens, embeds_metadata, read_embeds, write_embeds
 from ..pulid_core.errors import PuLIDError
+
+from ..pulid_core.options import COMBINES, METHODS_CUSTOM, ON_NO_FACE, PROJECTIONS, SELECTIONS
 from .pulid import (
-    COMBINES,
-    PROJECTIONS,
-    SELECTIONS,
     IDEmbeds,
-    _range_inputs,
-    _selection,
     apply_embeds,
     check_adapter,
     encode_faces,
     method_settings,
+    range_inputs,
+    selection_of,
 )
-from .types import EvaClip, FaceAnalysis, PuLID, PuLIDEmbeds
+from .types import EvaClip, FaceAnalysis, PuLID, PuLIDEmbeds, check_inputs
 
 EMBEDS_FOLDER = "pulid_embeds"
-FORMAT = "comfyui-pulid/id-embeds/1"
+SOURCE_KEY = "file"  # IDEmbeds.metadata key naming the file the embeds were loaded from (never saved)
+# Room ComfyUI's counter suffix "_00001_" and ".safetensors" take in a file name.
+NAME_SUFFIX = len("_00001_.safetensors")
 
 
 def register_embeds_folder() -> None:
@@ -51,10 +52,10 @@ class PuLIDEncodeFace(io.ComfyNode):
                 EvaClip.Input("eva_clip"),
                 FaceAnalysis.Input("face_analysis"),
                 io.Image.Input("image"),
-                io.Combo.Input("face_selection", options=SELECTIONS, default="largest"),
+                io.Combo.Input("face_selection", options=list(SELECTIONS), default="largest"),
                 io.Int.Input("face_index", default=0, min=0, max=64),
-                io.Combo.Input("on_no_face", options=["error", "skip"], default="error"),
-                io.Combo.Input("combine", options=COMBINES, default="average",
+                io.Combo.Input("on_no_face", options=list(ON_NO_FACE), default="error"),
+                io.Combo.Input("combine", options=list(COMBINES), default="average",
                                tooltip="v1: average or concatenate the photos' ID tokens; v1.1 always encodes "
                                        "all photos together."),
             ],
@@ -63,9 +64,11 @@ class PuLIDEncodeFace(io.ComfyNode):
 
     @classmethod
     def execute(cls, pulid, eva_clip, face_analysis, image, face_selection, face_index, on_no_face, combine):
-        adapter = check_adapter(pulid, "Encode Face (PuLID)")
-        embeds, preview = encode_faces(adapter, eva_clip, face_analysis, image, node="Encode Face (PuLID)",
-                                       selection=_selection(face_selection, face_index), on_no_face=on_no_face,
+        node = check_inputs(cls, face_selection=face_selection, face_index=face_index, on_no_face=on_no_face,
+                            combine=combine)
+        adapter = check_adapter(pulid, node)
+        embeds, preview = encode_faces(adapter, eva_clip, face_analysis, image, node=node,
+                                       selection=selection_of(face_selection, face_index), on_no_face=on_no_face,
                                        combine=combine)
         return io.NodeOutput(embeds, preview)
 
@@ -82,10 +85,10 @@ class PuLIDApplyEmbeds(io.ComfyNode):
                 io.Model.Input("model"),
                 PuLID.Input("pulid"),
                 PuLIDEmbeds.Input("embeds"),
-                io.Combo.Input("method", options=["fidelity", "style", "neutral", "custom"], default="fidelity",
+                io.Combo.Input("method", options=list(METHODS_CUSTOM), default="fidelity",
                                tooltip="custom uses the projection and num_zero below"),
-            ] + _range_inputs(0.8) + [
-                io.Combo.Input("projection", options=PROJECTIONS, default="ortho_v2", optional=True),
+            ] + range_inputs(0.8) + [
+                io.Combo.Input("projection", options=list(PROJECTIONS), default="ortho_v2", optional=True),
                 io.Int.Input("num_zero", default=8, min=0, max=80, optional=True),
                 io.Mask.Input("attn_mask", optional=True),
             ],
@@ -95,10 +98,10 @@ class PuLIDApplyEmbeds(io.ComfyNode):
     @classmethod
     def execute(cls, model, pulid, embeds, method, weight, start_at, end_at, projection="ortho_v2", num_zero=8,
                 attn_mask=None):
-        node = "Apply PuLID Embeds"
+        node = check_inputs(cls, method=method, weight=weight, start_at=start_at, end_at=end_at,
+                            projection=projection, num_zero=num_zero, attn_mask=attn_mask)
         adapter = check_adapter(pulid, node)
-        if not isinstance(embeds, IDEmbeds):
-            raise PuLIDError(f"{node}: embeds must come from 'Encode Face (PuLID)' or 'Load PuLID Embeds'.")
+        embeds = checked_embeds(embeds, node, adapter)
         if method != "custom":
             projection, num_zero = method_settings(adapter.version, method)
         return io.NodeOutput(apply_embeds(model, adapter, embeds, node=node, weight=weight, projection=projection,
@@ -106,22 +109,55 @@ class PuLIDApplyEmbeds(io.ComfyNode):
                                           attn_mask=attn_mask))
 
 
-def save_embeds(embeds: IDEmbeds, path: str) -> None:
-    metadata = {"format": FORMAT, "pulid_version": embeds.version, "images": str(embeds.images),
-                "combine": embeds.combine, "extra": json.dumps(embeds.metadata)}
-    safetensors.torch.save_file({"cond": embeds.cond.contiguous(), "uncond": embeds.uncond.contiguous()}, path,
-                                metadata=metadata)
+def describe(embeds: IDEmbeds) -> str:
+    """How messages name embeddings: their file, or where they came from."""
+    source = embeds.metadata.get(SOURCE_KEY) if isinstance(embeds.metadata, dict) else None
+    return str(source) if source else "embeds from 'Encode Face (PuLID)'"
 
 
-def load_embeds(path: str) -> IDEmbeds:
-    name = os.path.basename(path)
-    with safetensors.safe_open(path, framework="pt") as f:
-        metadata = f.metadata() or {}
-        if metadata.get("format") != FORMAT or set(f.keys()) != {"cond", "uncond"}:
-            raise PuLIDError(f"{name} is not a PuLID embeddings file saved by 'Save PuLID Embeds'.")
-        cond, uncond = f.get_tensor("cond"), f.get_tensor("uncond")
-    return IDEmbeds(metadata["pulid_version"], cond.float(), uncond.float(), int(metadata.get("images", 1)),
-                    metadata.get("combine", ""), json.loads(metadata.get("extra", "{}")))
+def checked_embeds(embeds, node: str, adapter=None) -> IDEmbeds:
+    """The embeds input, checked (shape, dtype, finite values, kind); fp32 tensors."""
+    if not isinstance(embeds, IDEmbeds):
+        raise PuLIDError(f"{node}: embeds must come from 'Encode Face (PuLID)' or 'Load PuLID Embeds'; got "
+                         f"{type(embeds).__name__}.")
+    cond, uncond = check_tokens(embeds.cond, embeds.uncond, embeds.version, embeds.combine, embeds.images,
+                                name=describe(embeds), node=node,
+                                expected_version=adapter.version if adapter is not None else None,
+                                width=getattr(adapter.model, "context_dim", None) if adapter is not None else None)
+    return dataclasses.replace(embeds, cond=cond, uncond=uncond)
+
+
+def new_file_path(folder: str, prefix: str, node: str) -> tuple[str, str, int]:
+    """(folder, base name, first counter) for a new file, as ComfyUI's savers name them.
+
+    ComfyUI's counter (``folder_paths.get_save_image_path``) only counts names of the
+    form ``<prefix>_<digits>_...``: the trailing ``_`` is what makes it advance.
+    """
+    if not isinstance(prefix, str) or not prefix.strip() or "\0" in prefix:
+        raise PuLIDError(f"{node}: filename_prefix {prefix!r} is not a usable file name prefix.")
+    parts = os.path.normpath(prefix.strip()).replace("\\", "/").split("/")
+    if os.path.isabs(prefix.strip()) or ".." in parts:
+        raise PuLIDError(f"{node}: filename_prefix {prefix!r} points outside {folder}; use a name or a "
+                         "subfolder/name inside it.")
+    limit = _name_max(folder)
+    for i, part in enumerate(parts):
+        room = limit - (NAME_SUFFIX if i == len(parts) - 1 else 0)
+        if len(part.encode("utf-8")) > room:
+            raise PuLIDError(f"{node}: filename_prefix is too long for the file system ({len(part.encode())} "
+                             f"bytes in {part[:24]!r}...; at most {room} per name). Use a shorter prefix.")
+    try:
+        full, name, counter, _, _ = folder_paths.get_save_image_path(prefix.strip(), folder)
+    except Exception as exc:  # ComfyUI raises a bare Exception for a path outside the folder
+        raise PuLIDError(f"{node}: cannot save with filename_prefix {prefix!r}: "
+                         f"{str(exc).strip().splitlines()[0]}") from exc
+    return full, name, counter
+
+
+def _name_max(folder: str) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):
+        return 255
 
 
 class PuLIDSaveEmbeds(io.ComfyNode):
@@ -141,14 +177,24 @@ class PuLIDSaveEmbeds(io.ComfyNode):
 
     @classmethod
     def execute(cls, embeds, filename_prefix):
-        if not isinstance(embeds, IDEmbeds):
-            raise PuLIDError("Save PuLID Embeds: embeds must come from 'Encode Face (PuLID)'.")
-        folder = folder_paths.get_folder_paths(EMBEDS_FOLDER)[0]
-        full, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, folder)
-        os.makedirs(full, exist_ok=True)
-        filename = f"{name}_{counter:05}.safetensors"
-        save_embeds(embeds, os.path.join(full, filename))
-        shown = os.path.join(subfolder, filename) if subfolder else filename
+        node = check_inputs(cls)
+        embeds = checked_embeds(embeds, node)
+        folder = os.path.abspath(folder_paths.get_folder_paths(EMBEDS_FOLDER)[0])
+        full, name, counter = new_file_path(folder, filename_prefix, node)
+        extra = {k: v for k, v in embeds.metadata.items() if k != SOURCE_KEY}
+        metadata = embeds_metadata(embeds.version, embeds.images, embeds.combine, extra)
+        try:
+            os.makedirs(full, exist_ok=True)
+            while True:
+                path = os.path.join(full, f"{name}_{counter:05}_.safetensors")
+                try:
+                    write_embeds(path, embeds.cond, embeds.uncond, metadata)
+                    break
+                except FileExistsError:  # a file ComfyUI's counter did not count: take the next number
+                    counter += 1
+        except OSError as exc:
+            raise PuLIDError(f"{node}: could not write to {full}: {exc.strerror or exc}.") from exc
+        shown = os.path.relpath(path, folder)
         return io.NodeOutput(ui={"text": [f"saved {shown} (PuLID {embeds.version}, {embeds.images} photo(s))"]})
 
 
@@ -166,11 +212,14 @@ class PuLIDLoadEmbeds(io.ComfyNode):
 
     @classmethod
     def execute(cls, embeds_file):
+        node = check_inputs(cls)
         path = folder_paths.get_full_path(EMBEDS_FOLDER, embeds_file)
         if path is None:
-            raise PuLIDError(f"Load PuLID Embeds: {embeds_file} not found in "
+            raise PuLIDError(f"{node}: {embeds_file} not found in "
                              f"{', '.join(folder_paths.get_folder_paths(EMBEDS_FOLDER))}.")
-        return io.NodeOutput(load_embeds(path))
+        checked = read_embeds(path, node=node)
+        return io.NodeOutput(IDEmbeds(checked.version, checked.cond, checked.uncond, checked.images, checked.combine,
+                                      {**checked.extra, SOURCE_KEY: embeds_file}))
 
     @classmethod
     def fingerprint_inputs(cls, embeds_file):

@@ -306,8 +306,4 @@ class PuLIDApplyAdvanced(io.ComfyNode):
                                           num_zero=num_zero, start_at=start_at, end_at=end_at,
                                           attn_mask=attn_mask))
 
-
-# The old private names, still imported by nodes/embeds.py (switch it to the public ones, then delete).
-_selection, _range_inputs = selection_of, range_inputs
-
 NODES = [PuLIDApply, PuLIDApplyAdvanced]

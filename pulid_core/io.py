@@ -1,8 +1,10 @@
 """Reading weight files safely, and telling the user what a wrong file looks like.
 
-Every loader of the pack goes through :func:`read_state_dict`, so the rules hold
-everywhere: pickles only through ``torch.load(weights_only=True)``, dtypes kept,
-and a truncated, corrupt or code-carrying file gets a message naming the file.
+Every loader of the pack goes through :func:`read_state_dict` (or :func:`read_safetensors`
+where the metadata matters), so the rules hold everywhere: pickles only through
+``torch.load(weights_only=True)``, dtypes kept, and a truncated, corrupt or code-carrying
+file gets a message naming the file. A file that is no checkpoint at all (an HTML error
+page, a Git LFS pointer) is told apart from a pickle that imports code-running globals.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import struct
 import zipfile
 from collections.abc import Mapping
 
@@ -20,6 +23,14 @@ from .errors import ModelFileError
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+REDOWNLOAD = "delete it and download it again"
+ZIP_MAGIC = b"PK\x03\x04"
+# torch.save writes a zip archive (torch >= 1.6) or, legacy, pickles of protocol 2+ (PROTO opcode 0x80).
+PICKLE_MAGICS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+# Globals that build data, not run code: torch's tensor/storage rebuilders, containers, numpy arrays.
+DATA_GLOBAL_MODULES = ("torch", "collections", "_codecs", "numpy")
+DATA_BUILTINS = {"set", "frozenset", "dict", "list", "tuple", "int", "float", "complex", "bool", "str", "bytes",
+                 "bytearray", "slice", "range"}
 
 
 def read_state_dict(path: str | os.PathLike) -> dict:
@@ -28,32 +39,63 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     Returns the object stored in the file (a flat dict of tensors, or for some
     formats a nested dict such as PhotoMaker's ``{"id_encoder", "lora_weights"}``).
     """
+    path, name, size = _check_file(path, REDOWNLOAD)
+    if path.lower().endswith((".safetensors", ".sft")) or _is_safetensors(path, size):
+        return _read_safetensors(path, name, size, REDOWNLOAD)[0]
+    return _read_pickle(path, name, size)
+
+
+def _is_safetensors(path: str, size: int) -> bool:
+    """A safetensors file under another suffix: an 8-byte little-endian header length, then '{'."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8
+
+
+def read_safetensors(path: str | os.PathLike, *, fix: str = REDOWNLOAD,
+                     max_bytes: int | None = None) -> tuple[dict, dict]:
+    """(tensors, metadata) of a ``.safetensors`` file; a bad file gets a message naming it and ``fix``."""
+    path, name, size = _check_file(path, fix)
+    if max_bytes is not None and size > max_bytes:
+        raise ModelFileError(f"{name} is {size:,} bytes, far more than such a file holds (at most "
+                             f"{max_bytes:,}): it is not the file expected here.")
+    return _read_safetensors(path, name, size, fix)
+
+
+def _check_file(path, fix: str) -> tuple[str, str, int]:
     path = os.fspath(path)
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise ModelFileError(f"Model file not found: {path}")
     size = os.path.getsize(path)
     if size == 0:
-        raise ModelFileError(f"{name} is empty (0 bytes): delete it and download it again.")
-    if path.lower().endswith((".safetensors", ".sft")):
-        return _read_safetensors(path, name, size)
-    return _read_pickle(path, name, size)
+        raise ModelFileError(f"{name} is empty (0 bytes): {fix}.")
+    return path, name, size
 
 
-def _read_safetensors(path: str, name: str, size: int) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _read_safetensors(path: str, name: str, size: int, fix: str) -> tuple[dict, dict]:
+    from safetensors import SafetensorError, safe_open
 
     try:
-        return load_file(path, device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        hint = "It is probably an incomplete download: " if fix == REDOWNLOAD else "It is truncated or corrupt: "
         raise ModelFileError(
-            f"{name} ({size:,} bytes) is not a readable safetensors file ({exc}). It is probably an "
-            "incomplete download: delete it and download it again."
+            f"{name} ({size:,} bytes) is not a readable safetensors file ({_first_line(exc)}). {hint}{fix}."
         ) from exc
+    return tensors, metadata
 
 
 def _read_pickle(path: str, name: str, size: int):
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if not head.startswith((ZIP_MAGIC, *PICKLE_MAGICS)):
+        raise ModelFileError(
+            f"{name} ({size:,} bytes) is not a PyTorch checkpoint (an HTML page? a failed download?): it "
+            f"starts with {_preview(head)}. Delete it and download it again from the model's publisher."
+        )
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -63,12 +105,27 @@ def _read_pickle(path: str, name: str, size: int):
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        foreign = sorted({g.replace(" ", ".") for g in pickle_globals(path) if _runs_code(g)})
+        if foreign:
+            raise ModelFileError(
+                f"Refused to load {name}: it is a pickle that asks to import and call {', '.join(foreign[:3])}, "
+                "code that would run on loading. Only plain weight files are loaded. Use the safetensors "
+                "version of this model, or the official file from its publisher."
+            ) from exc
+        reason = _weights_only_reason(exc)
+        if "Unsupported global" in reason:
+            what = reason.split("GLOBAL ", 1)[-1].split(" ")[0]
+            raise ModelFileError(
+                f"Refused to load {name}: it stores {what} objects, not plain tensors; weights-only loading "
+                "does not build them. Use the safetensors version of this model, or re-save its state_dict "
+                "of tensors."
+            ) from exc
         raise ModelFileError(
-            f"Refused to load {name}: it is a pickle that asks to run code or build objects other "
-            f"than tensors ({_first_line(exc)}). Only plain weight files are loaded. Use the "
-            "safetensors version of this model, or the official file from its publisher."
+            f"{name} ({size:,} bytes) is not a PyTorch checkpoint, or is corrupt ({reason}): delete it and "
+            "download it again."
         ) from exc
-    except (EOFError, zipfile.BadZipFile) as exc:
+    except (EOFError, zipfile.BadZipFile, IndexError, KeyError, struct.error, UnicodeDecodeError) as exc:
+        # What torch's unpickler raises on a pickle that stops or goes wrong midway.
         raise ModelFileError(
             f"{name} ({size:,} bytes) is truncated or corrupt ({_first_line(exc) or type(exc).__name__}): "
             "delete it and download it again."
@@ -81,6 +138,86 @@ def _read_pickle(path: str, name: str, size: int):
                 "download it again."
             ) from exc
         raise ModelFileError(f"Could not read {name}: {_first_line(exc)}") from exc
+
+
+def pickle_globals(path: str, max_pickles: int = 8) -> list[str]:
+    """The ``module name`` globals the pickle(s) in a torch file import, found without unpickling.
+
+    Reads the opcodes only (``pickletools``): a zip checkpoint's ``data.pkl``, or the
+    consecutive pickles of a legacy file. Stops quietly where the data stops being a pickle.
+    """
+    import io as _io
+    import pickletools
+
+    found: list[str] = []
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                member = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                streams = [_io.BytesIO(zf.read(member))] if member else []
+        else:
+            streams = [open(path, "rb")]  # noqa: SIM115 - closed below
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return found
+    for stream in streams:
+        try:
+            for _ in range(max_pickles):
+                strings: list = []
+                memo: dict = {}
+                pushed = None  # the string the previous opcode pushed, if it pushed one
+                for op, arg, _pos in pickletools.genops(stream):
+                    kind = op.name
+                    if kind in _STRING_OPS:
+                        pushed = str(arg)
+                        strings.append(pushed)
+                        continue
+                    if kind == "MEMOIZE":
+                        memo[len(memo)] = pushed
+                        continue
+                    if kind in ("PUT", "BINPUT", "LONG_BINPUT"):
+                        memo[arg] = pushed
+                        continue
+                    if kind in ("GET", "BINGET", "LONG_BINGET") and isinstance(memo.get(arg), str):
+                        pushed = memo[arg]
+                        strings.append(pushed)
+                        continue
+                    if kind == "GLOBAL":
+                        found.append(str(arg))
+                    elif kind == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.append(f"{strings[-2]} {strings[-1]}")
+                    pushed = None
+        except Exception:  # noqa: BLE001 - not (or no longer) a pickle: what was found so far is the answer
+            pass
+        finally:
+            stream.close()
+    return found
+
+
+def _runs_code(global_name: str) -> bool:
+    """Whether a pickle global (``"module name"``) is a callable that does more than build data."""
+    module, _, attr = global_name.partition(" ")
+    if module in ("builtins", "__builtin__"):
+        return attr not in DATA_BUILTINS
+    return module.split(".")[0] not in DATA_GLOBAL_MODULES
+
+
+_STRING_OPS = ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
+               "SHORT_BINSTRING")
+
+
+def _weights_only_reason(exc: BaseException) -> str:
+    """The one informative line of torch's long weights-only error."""
+    for line in str(exc).splitlines():
+        if "Unsupported" in line or "error:" in line:
+            return line.strip().replace("WeightsUnpickler error: ", "")
+    return _first_line(exc)
+
+
+def _preview(head: bytes) -> str:
+    text = head[:32].decode("latin-1")
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        return repr(" ".join(text.split()))
+    return head[:8].hex(" ")
 
 
 def _first_line(exc: BaseException) -> str:

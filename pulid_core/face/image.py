@@ -32,37 +32,39 @@ def to_uint8_rgb(
     truncation would darken every pixel by half a grey level on average). Gray is
     repeated to RGB, RGBA is composited on white. A long side over ``max_long_side``
     is scaled down with LANCZOS4 and ``int()`` truncation of both sides, as the
-    official app does. ``index`` only names the image in error messages.
+    official app does (on the uint8 image, as it gets it). ``index`` only names the
+    image in error messages.
+
+    Memory: a float image is converted a band of rows at a time into one uint8 image
+    (a quarter of the float size); no full-size float temporary is made, so a
+    48-megapixel photo costs its uint8 copy, not gigabytes.
     """
     name = _describe(index)
     if isinstance(image, torch.Tensor):
-        image = image.detach().cpu()
-        image = image.float().numpy() if image.is_floating_point() else image.numpy()
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[2] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4):
-        raise PuLIDError(f"{name} is channels-first {arr.shape}; pass it as [height, width, channels].")
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-        raise PuLIDError(f"{name} has shape {arr.shape}; expected [height, width] or [height, width, 1|3|4].")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise PuLIDError(f"{name} is empty ({arr.shape[1]}x{arr.shape[0]} px).")
+        image = image.detach()
+        if image.device.type != "cpu" or not image.is_floating_point():
+            image = image.cpu()
+        if not image.is_floating_point():
+            image = image.numpy()
+    elif not isinstance(image, np.ndarray):
+        image = np.asarray(image)
+    shape = tuple(image.shape)
+    if len(shape) == 3 and shape[2] not in (1, 3, 4) and shape[0] in (1, 3, 4):
+        raise PuLIDError(f"{name} is channels-first {shape}; pass it as [height, width, channels].")
+    if len(shape) == 2:
+        image = image[:, :, None]
+        shape = (*shape, 1)
+    if len(shape) != 3 or shape[2] not in (1, 3, 4):
+        raise PuLIDError(f"{name} has shape {shape}; expected [height, width] or [height, width, 1|3|4].")
+    if shape[0] == 0 or shape[1] == 0:
+        raise PuLIDError(f"{name} is empty ({shape[1]}x{shape[0]} px).")
 
-    if arr.dtype == np.uint8:
-        rgb = arr
-        if arr.shape[2] == 4:
-            rgb = _over_white(
-                arr[:, :, :3].astype(np.float32) / 255.0, arr[:, :, 3:].astype(np.float32) / 255.0
-            )
-    elif np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise PuLIDError(f"{name} contains NaN or infinite values.")
-        arr = arr.astype(np.float32, copy=False)
-        rgb = _over_white(arr[:, :, :3], arr[:, :, 3:]) if arr.shape[2] == 4 else _round(arr)
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8:
+        rgb = image if shape[2] != 4 else _in_bands(image, name, divide_by=255.0)
+    elif isinstance(image, torch.Tensor) or np.issubdtype(image.dtype, np.floating):
+        rgb = _in_bands(image, name)
     else:
-        raise PuLIDError(f"{name} has pixel type {arr.dtype}; expected float in 0..1 or uint8.")
-    if rgb.shape[2] == 1:
-        rgb = np.repeat(rgb, 3, axis=2)
+        raise PuLIDError(f"{name} has pixel type {image.dtype}; expected float in 0..1 or uint8.")
     rgb = np.ascontiguousarray(rgb)
 
     h, w = rgb.shape[:2]
@@ -71,13 +73,35 @@ def to_uint8_rgb(
         k = max_long_side / max(h, w)
         new_h, new_w = int(h * k), int(w * k)
         log.debug("%s resized from %dx%d to %dx%d (long side %d)", name, w, h, new_w, new_h, max_long_side)
-        rgb = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LANCZOS4)
+        # cv2 returns [h, w] for one channel; channels are resized independently either way.
+        rgb = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LANCZOS4).reshape(new_h, new_w, -1)
     if min(rgb.shape[:2]) < min_short_side:
         raise PuLIDError(
             f"{name} is too small ({rgb.shape[1]}x{rgb.shape[0]} px{' after resizing' if resized else ''}); "
             f"face detection needs at least {min_short_side} px on the short side. Use a larger photo of the face."
         )
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, axis=2)  # after the resize: gray is repeated at the small size
     return rgb
+
+
+BAND_BYTES = 8 << 20  # float32 bytes converted at a time
+
+
+def _in_bands(image, name: str, divide_by: float | None = None) -> np.ndarray:
+    """A float (or uint8 RGBA, with ``divide_by=255``) [H, W, C] image -> uint8 [H, W, 1|3], a band of rows at a time."""
+    h, w, c = image.shape
+    out = np.empty((h, w, 3 if c == 4 else c), np.uint8)
+    rows = max(1, BAND_BYTES // (w * c * 4))
+    for top in range(0, h, rows):
+        band = image[top:top + rows]
+        band = band.float().numpy() if isinstance(band, torch.Tensor) else band.astype(np.float32, copy=False)
+        if divide_by is not None:
+            band = band / divide_by
+        elif not np.isfinite(band).all():
+            raise PuLIDError(f"{name} contains NaN or infinite values.")
+        out[top:top + rows] = _over_white(band[:, :, :3], band[:, :, 3:]) if c == 4 else _round(band)
+    return out
 
 
 def _round(x: np.ndarray) -> np.ndarray:

@@ -124,6 +124,18 @@ def _onnx_files(folder: str) -> list[str]:
     return sorted(glob.glob(os.path.join(folder, "*.onnx"))) if os.path.isdir(folder) else []
 
 
+# The insightface packs' files by role: the detectors and recognition models PuLID and PhotoMaker
+# use, and the landmark / gender-age models they never run.
+USED_FILES = frozenset(name for files in PACK_FILES.values() for name in files)
+UNUSED_FILES = frozenset({"1k3d68.onnx", "2d106det.onnx", "genderage.onnx"})
+
+
+def _pack_candidates(folder: str) -> list[str]:
+    """The .onnx files that may be the detector or the recognition model, the pack's own names first."""
+    files = [p for p in _onnx_files(folder) if os.path.basename(p) not in UNUSED_FILES]
+    return sorted(files, key=lambda p: (os.path.basename(p) not in USED_FILES, os.path.basename(p)))
+
+
 def _read_onnx(path: str):
     """(raw bytes, ModelProto) of an ONNX file, or a ModelFileError naming it."""
     import onnx
@@ -346,12 +358,28 @@ class FaceAnalyzer:
 def load_face_analysis(
     root, pack: str = "antelopev2", provider: str = "CPU", det_size: int = 640
 ) -> FaceAnalyzer:
-    """Load ``<root>/models/<pack>``: its SCRFD detector and its ArcFace model, picked by signature."""
+    """Load ``<root>/models/<pack>``: its SCRFD detector and its ArcFace model, picked by signature.
+
+    Only what is needed is opened: the pack's known detector and recognition files first,
+    then other files until both tasks are found. The pack's landmark and gender/age
+    models are never read, so a damaged copy of one cannot block loading.
+    """
     folder = find_pack_dir(root, pack)
     providers = resolve_provider(provider)
     models: dict = {}
-    for path in _onnx_files(folder):
-        data, model = _read_onnx(path)
+    unreadable: dict = {}
+    for path in _pack_candidates(folder):
+        if len(models) == 2:
+            break
+        try:
+            data, model = _read_onnx(path)
+        except ModelFileError as exc:
+            if os.path.basename(path) in USED_FILES:
+                raise
+            # Maybe a renamed detector or recognition model: only an error if one turns out missing.
+            unreadable[path] = exc
+            log.warning("InsightFace %s: skipping %s, which is not readable: %s", pack, os.path.basename(path), exc)
+            continue
         task = model_task(model)
         if task not in ("detection", "recognition"):
             log.debug(
@@ -370,7 +398,13 @@ def load_face_analysis(
         else:
             models[task] = ArcFace(_session(data, path, providers), path, model)
         del data, model  # a recognition model is ~250 MB; keep only its session
+    for path in _onnx_files(folder):
+        if os.path.basename(path) in UNUSED_FILES and os.path.getsize(path) == 0:
+            log.warning("InsightFace %s: %s is empty; this pack never uses it (not opened)", pack,
+                        os.path.basename(path))
     missing = [t for t in ("detection", "recognition") if t not in models]
+    if missing and unreadable:
+        raise next(iter(unreadable.values()))
     if missing:
         expected = PACK_FILES.get(pack, ("a SCRFD detector .onnx", "an ArcFace recognition .onnx"))
         raise ModelFileError(

@@ -99,3 +99,65 @@ def test_split_images():
     assert len(split_images(batch)) == 3
     assert len(split_images(batch[0])) == 1
     assert len(split_images([batch, np.zeros((70, 80, 3))])) == 4
+
+
+def _round_then_lanczos(image: np.ndarray, long_side: int = 1024) -> np.ndarray:
+    """The authors' order: the photo as uint8 (what gradio hands the app), then LANCZOS4 to the long side."""
+    u8 = np.clip(np.rint(image.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    h, w = u8.shape[:2]
+    k = long_side / max(h, w)
+    out = cv2.resize(u8, (int(w * k), int(h * k)), interpolation=cv2.INTER_LANCZOS4)
+    return out.reshape(out.shape[0], out.shape[1], -1)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("kind", ["numpy", "torch", "torch_fp16"])
+def test_large_float_image_is_rounded_then_resized(channels, kind):
+    rng = np.random.default_rng(5)
+    image = rng.random((1500, 1100, channels), dtype=np.float32) * 1.1 - 0.05
+    if kind == "torch_fp16":
+        image = image.astype(np.float16).astype(np.float32)
+    want = np.repeat(_round_then_lanczos(image), 3, axis=2) if channels == 1 else _round_then_lanczos(image)
+    given = {"numpy": image, "torch": torch.from_numpy(image), "torch_fp16": torch.from_numpy(image).half()}[kind]
+    out = to_uint8_rgb(given)
+    assert out.shape == (1024, 750, 3)
+    np.testing.assert_array_equal(out, want)
+
+
+def test_large_rgba_uint8_matches_compositing_then_resizing():
+    rng = np.random.default_rng(6)
+    rgba = rng.integers(0, 256, (1300, 1200, 4), dtype=np.uint8)
+    f = rgba.astype(np.float32) / 255.0
+    alpha = f[:, :, 3:]
+    composited = np.clip(np.rint((f[:, :, :3] * alpha + (1.0 - alpha)) * 255.0), 0, 255).astype(np.uint8)
+    k = 1024 / 1300
+    want = cv2.resize(composited, (int(1200 * k), int(1300 * k)), interpolation=cv2.INTER_LANCZOS4)
+    np.testing.assert_array_equal(to_uint8_rgb(rgba), want)
+
+
+def test_nan_in_a_late_band_is_still_refused():
+    image = np.zeros((3000, 800, 3), np.float32)
+    image[2999, 799, 2] = np.inf
+    with pytest.raises(PuLIDError, match="Reference image 2 contains NaN or infinite"):
+        to_uint8_rgb(image, index=2)
+
+
+def test_large_photo_is_not_converted_to_float_at_full_size():
+    """A 12-megapixel ComfyUI IMAGE: the conversion's peak stays near its uint8 copy.
+
+    Converting the whole float image first (x * 255, rint, clip: three full-size float
+    temporaries) peaks at about 3x the float image; the band-wise conversion at about
+    0.4x (the uint8 image, a quarter, plus one band).
+    """
+    import tracemalloc
+
+    batch = torch.rand(1, 3000, 4000, 3, generator=torch.Generator().manual_seed(0))
+    (image,) = split_images(batch)  # what the node hands the face pipeline
+    tracemalloc.start()
+    try:
+        out = to_uint8_rgb(image)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (768, 1024, 3)
+    assert peak < 0.6 * image.numel() * 4, f"peak {peak / 2**20:.0f} MiB for a {image.numel() * 4 / 2**20:.0f} MiB image"
