@@ -10,7 +10,6 @@ from comfy_api.latest import io
 
 from ..pulid_core.embeds import check_tokens, embeds_metadata, read_embeds, write_embeds
 from ..pulid_core.errors import PuLIDError
-
 from ..pulid_core.options import COMBINES, METHODS_CUSTOM, ON_NO_FACE, PROJECTIONS, SELECTIONS
 from .pulid import (
     IDEmbeds,
