@@ -55,6 +55,10 @@ def cross_attn_layers(model, adapter: PuLIDAdapter) -> list[tuple[tuple, int]]:
         unet = model.get_model_object("diffusion_model")
     except AttributeError as exc:
         raise PuLIDError("The model input is not a ComfyUI MODEL.") from exc
+    if adapter.version == "flux" or hasattr(unet, "double_blocks"):
+        what = f"{adapter.filename} is a PuLID-FLUX adapter" if adapter.version == "flux" else "the model is a DiT (FLUX?)"
+        raise PuLIDError(f"PuLID for SDXL: {what}. For FLUX.1 use 'Apply PuLID (FLUX)' with "
+                         "pulid_flux_v0.9.1.safetensors; for SDXL load an SDXL model and pulid_v1.1.safetensors.")
     found = {}
     for name, blocks in (("input", getattr(unet, "input_blocks", [])), ("middle", [getattr(unet, "middle_block", [])]),
                          ("output", getattr(unet, "output_blocks", []))):
@@ -164,8 +168,8 @@ def encode_faces(adapter: PuLIDAdapter, eva: EvaClipModel, face_pipeline, image,
             gen = torch.Generator(device="cpu").manual_seed(0)
             u_cond = (torch.rand(id_cond[:1].shape, generator=gen) * noise).to(device)
             u_hidden = [(torch.rand(h[:1].shape, generator=gen) * noise).to(device) for h in hidden]
-        if model.version == "v1.1":
-            # All images go through IDFormer together, as the official v1.1 pipeline does.
+        if model.version in ("v1.1", "flux"):
+            # All images go through IDFormer together, as the official v1.1 and FLUX pipelines do.
             cond = model.encode(id_cond[None], [torch.cat(list(h), 0)[None] for h in hidden])
             uncond = (model.encode(u_cond, u_hidden) if noise else model.encode_uncond(id_cond[:1], [h[:1] for h in hidden]))
             combine = "idformer"

@@ -63,3 +63,212 @@ def test_tiny_flux_unpatched_forward_equals_the_authors(tiny_flux, flux_inputs, 
     out = flux_forward(tiny_flux, flux_inputs)
     assert out.shape == golden["tiny.no_id"].shape
     torch.testing.assert_close(out, golden["tiny.no_id"], atol=1e-4, rtol=0)
+
+
+# -- the pack's FLUX apply code on the tiny FLUX --------------------------------------------------
+@pytest.fixture(scope="module")
+def flux_models_dir(pack, tmp_path_factory):
+    """models/ with the golden tiny PuLID-FLUX adapter, the FLUX stand-ins and the SDXL ones."""
+    import folder_paths
+    from safetensors.torch import save_file
+
+    from comfy_testpack import stand_ins_pulid as s
+    from pulid_layouts import flux_state_dict, tiny_flux_sizes
+
+    root = tmp_path_factory.mktemp("flux_models")
+    for sub in ("pulid", "eva_clip", "insightface", "facexlib"):
+        (root / sub).mkdir()
+        folder_paths.add_model_folder_path(sub, str(root / sub), is_default=True)
+    # The golden CA weights are tiny_ca.{i}.<key>; the file has them as pulid_ca.{i}.<key>.
+    golden_ca = flux_state_dict(salt=SALT, rename=lambda k: k.replace("pulid_ca.", "tiny_ca."), **tiny_flux_sizes())
+    save_file(golden_ca, str(root / "pulid" / "pulid_flux_golden_tiny.safetensors"))
+    s.write_tiny_pulid(root / "pulid" / "pulid_flux_v0.9.1.safetensors")
+    s.write_tiny_pulid(root / "pulid" / "pulid_v1.1.safetensors")
+    s.write_tiny_eva(root / "eva_clip" / "EVA02_CLIP_L_336_psz14_s6B.pt")
+    s.write_tiny_face_models(root / "insightface" / "antelopev2")
+    pack.nodes.node_list()
+    return root
+
+
+@pytest.fixture(scope="module")
+def adapters(flux_models_dir):
+    from comfyui_pulid.nodes import loaders
+
+    def load(name):
+        return loaders.PuLIDModelLoader.execute(name).result[0]
+
+    return {"golden": load("pulid_flux_golden_tiny.safetensors"), "flux": load("pulid_flux_v0.9.1.safetensors"),
+            "sdxl": load("pulid_v1.1.safetensors")}
+
+
+def golden_embeds(golden_id, uncond=None):
+    from comfyui_pulid.nodes.pulid import IDEmbeds
+
+    if uncond is None:
+        uncond = torch.zeros_like(golden_id)
+    return IDEmbeds("flux", golden_id, uncond, 1, "idformer")
+
+
+@pytest.fixture(scope="module")
+def golden_id():
+    return _input("input.flux.id_tiny", (1, 32, 2048))
+
+
+def apply_embeds(model, adapter, embeds, weight=1.0, start_at=0.0, end_at=1.0, attn_mask=None):
+    from comfyui_pulid.nodes.flux import PuLIDFluxApplyEmbeds
+
+    return PuLIDFluxApplyEmbeds.execute(model, adapter, embeds, weight, start_at, end_at, attn_mask).result[0]
+
+
+def dit_patches(model):
+    return model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.6])
+def test_patched_tiny_flux_equals_the_authors(tiny_flux, flux_inputs, golden, adapters, golden_id, weight):
+    out_model = apply_embeds(tiny_flux, adapters["golden"], golden_embeds(golden_id), weight)
+    torch.testing.assert_close(flux_forward(out_model, flux_inputs), golden[f"tiny.id_w{weight}"], atol=1e-4, rtol=0)
+    # The input MODEL is untouched: no identity left when the node is removed.
+    assert dit_patches(tiny_flux) == {}
+    torch.testing.assert_close(flux_forward(tiny_flux, flux_inputs), golden["tiny.no_id"], atol=1e-4, rtol=0)
+
+
+def test_patches_sit_on_the_authors_20_blocks_and_are_shared_by_clones(tiny_flux, adapters, golden_id):
+    import copy
+
+    from comfyui_pulid.nodes.flux_patch import FluxBlockPatch
+
+    out = apply_embeds(tiny_flux, adapters["golden"], golden_embeds(golden_id))
+    patches = dit_patches(out)
+    assert sorted(patches) == sorted([("double_block", i) for i in range(0, 19, 2)]
+                                     + [("single_block", i) for i in range(0, 38, 4)])
+    assert sorted(p.ca for p in patches.values()) == list(range(20))
+    assert all(isinstance(p, FluxBlockPatch) and p.upstream is None for p in patches.values())
+    # ComfyUI loads and offloads the adapter (its CA modules) with the model.
+    assert all(p.models() == [adapters["golden"].patcher] for p in patches.values())
+    clone = out.clone()
+    for key, patch in patches.items():
+        assert dit_patches(clone)[key] is patch and copy.deepcopy(patch) is patch
+
+
+def test_reapplying_replaces_the_identity_instead_of_stacking(tiny_flux, flux_inputs, golden, adapters, golden_id):
+    once = apply_embeds(tiny_flux, adapters["golden"], golden_embeds(golden_id), 1.0)
+    twice = apply_embeds(once, adapters["golden"], golden_embeds(golden_id), 0.6)
+    assert all(p.upstream is None for p in dit_patches(twice).values())
+    torch.testing.assert_close(flux_forward(twice, flux_inputs), golden["tiny.id_w0.6"], atol=1e-4, rtol=0)
+    # The first application's model still has its own identity.
+    torch.testing.assert_close(flux_forward(once, flux_inputs), golden["tiny.id_w1.0"], atol=1e-4, rtol=0)
+
+
+def test_masked_applications_chain_for_two_people(tiny_flux, adapters, golden_id):
+    left, right = torch.zeros(1, 16, 16), torch.zeros(1, 16, 16)
+    left[..., :8], right[..., 8:] = 1.0, 1.0
+    first = apply_embeds(tiny_flux, adapters["golden"], golden_embeds(golden_id), attn_mask=left)
+    second = apply_embeds(first, adapters["golden"], golden_embeds(-golden_id), attn_mask=right)
+    for key, patch in dit_patches(second).items():
+        assert patch.upstream is dit_patches(first)[key]
+    # An unmasked application replaces both.
+    third = apply_embeds(second, adapters["golden"], golden_embeds(golden_id))
+    assert all(p.upstream is None for p in dit_patches(third).values())
+
+
+def test_chains_onto_another_packs_block_patch(tiny_flux, flux_inputs, golden, adapters, golden_id):
+    calls = []
+
+    def passthrough(args, extra):
+        calls.append(args["transformer_options"]["block_index"])
+        return extra["original_block"](args)
+
+    def shift(args, extra):
+        out = extra["original_block"](args)
+        # Not a constant: the next block's LayerNorm would remove that.
+        return {**out, "img": out["img"] + 0.05 * torch.linspace(-1, 1, out["img"].shape[-1])}
+
+    base = tiny_flux.clone()
+    base.set_model_patch_replace(passthrough, "dit", "double_block", 0)
+    base.set_model_patch_replace(passthrough, "dit", "single_block", 4)
+    out = apply_embeds(base, adapters["golden"], golden_embeds(golden_id), 1.0)
+    assert dit_patches(out)[("double_block", 0)].upstream is passthrough
+    torch.testing.assert_close(flux_forward(out, flux_inputs), golden["tiny.id_w1.0"], atol=1e-4, rtol=0)
+    assert calls == [0, 4]
+    # The other patch's own effect stays too: different from PuLID alone and from it alone.
+    shifted = tiny_flux.clone()
+    shifted.set_model_patch_replace(shift, "dit", "double_block", 2)
+    both = flux_forward(apply_embeds(shifted, adapters["golden"], golden_embeds(golden_id), 1.0), flux_inputs)
+    assert (both - golden["tiny.id_w1.0"]).abs().max() > 1e-3
+    assert (both - flux_forward(shifted, flux_inputs)).abs().max() > 1e-3
+    assert dit_patches(shifted)[("double_block", 2)] is shift
+
+
+@pytest.mark.parametrize("order", [[1, 0], [0, 1], [0, 0, 1]])
+def test_uncond_rows_get_the_uncond_identity(tiny_flux, flux_inputs, golden, adapters, golden_id, order):
+    uncond = _input("input.test.uncond_id", (1, 32, 2048))
+    out_model = apply_embeds(tiny_flux, adapters["golden"], golden_embeds(golden_id, uncond), 1.0)
+    n = len(order)
+    batch = {"x": flux_inputs["x"].repeat(n, 1, 1, 1), "context": flux_inputs["context"].repeat(n, 1, 1),
+             "y": flux_inputs["y"].repeat(n, 1)}
+    out = flux_forward(out_model, batch, cond_or_uncond=order)
+    as_uncond = flux_forward(apply_embeds(tiny_flux, adapters["golden"], golden_embeds(uncond), 1.0), flux_inputs)
+    for row, kind in enumerate(order):
+        want = as_uncond[0] if kind == 1 else golden["tiny.id_w1.0"][0]
+        torch.testing.assert_close(out[row], want, atol=1e-4, rtol=0)
+    assert (as_uncond - golden["tiny.id_w1.0"]).abs().max() > 1e-3
+
+
+def _one_block(adapters, golden_id, *, mask=None, sigma_range=(1e9, 0.0), block="double"):
+    """A PuLID block patch over an identity block, and the image tokens it gets."""
+    from comfyui_pulid.nodes.flux_patch import GRID, STREAMS, FluxBlockPatch, FluxIDContext
+
+    ctx = FluxIDContext(adapters["golden"].patcher, golden_id, torch.zeros_like(golden_id), weight=1.0,
+                        sigma_start=sigma_range[0], sigma_end=sigma_range[1], mask=mask)
+    patch = FluxBlockPatch(ctx, block, 0 if block == "double" else 10)
+    gen = torch.Generator().manual_seed(0)
+    txt, img, ref = (torch.randn(1, n, 128, generator=gen) for n in (8, 16, 4))  # ref: Kontext tokens
+    options = {"cond_or_uncond": [0], GRID: (4, 4), STREAMS: {"txt": 8}}
+
+    def run(sigma=None):
+        opts = dict(options, sigmas=torch.tensor([sigma])) if sigma is not None else options
+        full = torch.cat([img, ref], 1)
+        if block == "double":
+            args = {"img": full, "txt": txt, "transformer_options": opts}
+            return patch(args, {"original_block": lambda a: {"img": a["img"], "txt": a["txt"]}})["img"]
+        args = {"img": torch.cat([txt, full], 1), "transformer_options": opts}
+        return patch(args, {"original_block": lambda a: {"img": a["img"]}})["img"][:, 8:]
+
+    return run, torch.cat([img, ref], 1)
+
+
+@pytest.mark.parametrize("block", ["double", "single"])
+def test_mask_restricts_the_identity_to_its_region_and_kontext_tokens_get_none(adapters, golden_id, block):
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :, :32] = 1.0  # left half of the image
+    run, before = _one_block(adapters, golden_id, mask=mask, block=block)
+    changed = (run() - before).abs().sum(-1)[0]
+    grid = changed[:16].reshape(4, 4)
+    assert (grid[:, :2] > 0).all() and (grid[:, 2:] == 0).all()
+    assert (changed[16:] == 0).all()  # reference tokens after the grid
+    unmasked, _ = _one_block(adapters, golden_id, block=block)
+    assert ((unmasked() - before).abs().sum(-1)[0, :16] > 0).all()
+
+
+def test_single_blocks_leave_the_text_tokens_alone(adapters, golden_id):
+    from comfyui_pulid.nodes.flux_patch import FluxBlockPatch, FluxIDContext
+
+    ctx = FluxIDContext(adapters["golden"].patcher, golden_id, golden_id, weight=1.0, sigma_start=1e9, sigma_end=0.0)
+    patch = FluxBlockPatch(ctx, "single", 12)
+    joint = torch.randn(1, 8 + 16, 128)
+    for options in ({"img_slice": [8, 24]}, {"pulid_flux_streams": {"txt": 8}}):  # newer ComfyUI / 0.3.75
+        out = patch({"img": joint, "transformer_options": options}, {"original_block": lambda a: {"img": a["img"]}})
+        assert torch.equal(out["img"][:, :8], joint[:, :8])
+        assert not torch.allclose(out["img"][:, 8:], joint[:, 8:])
+
+
+def test_start_and_end_gate_through_the_models_sigmas(tiny_flux, adapters, golden_id):
+    run, before = _one_block(adapters, golden_id, sigma_range=(0.8, 0.3))
+    assert torch.equal(run(0.9), before) and torch.equal(run(0.1), before)
+    assert not torch.equal(run(0.5), before)
+    out = apply_embeds(tiny_flux, adapters["golden"], golden_embeds(golden_id), 1.0, 0.25, 0.75)
+    ctx = dit_patches(out)[("double_block", 0)].context
+    sampling = tiny_flux.get_model_object("model_sampling")
+    assert ctx.sigma_start == pytest.approx(float(sampling.percent_to_sigma(0.25)))
+    assert ctx.sigma_end == pytest.approx(float(sampling.percent_to_sigma(0.75)))
