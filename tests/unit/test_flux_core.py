@@ -364,19 +364,20 @@ def test_select_rows_rejects():
 
 def test_mask_to_tokens_is_row_major_on_the_token_grid():
     mask = torch.zeros(1, 32, 64)
-    mask[:, :16, :16] = 1.0  # the top-left quarter of a wide image
+    mask[:, :16, 16:32] = 1.0  # a wide image: token (row 0, column 1) of a 2 x 4 grid
+    mask[:, 16:, 48:] = 0.5  # token (row 1, column 3)
     out = flux.mask_to_tokens(mask, 2, 4, 3, torch.float16, "cpu")
     assert out.shape == (3, 8, 1) and out.dtype == torch.float16
-    assert out[0, :, 0].tolist() == [1, 0, 0, 0, 0, 0, 0, 0]
+    assert out[0, :, 0].tolist() == [0, 1, 0, 0, 0, 0, 0, 0.5]
     assert torch.equal(out[2], out[0])
 
 
 def test_mask_to_tokens_averages_each_tokens_area():
-    mask = torch.zeros(2, 8, 8)
+    mask = torch.zeros(2, 16, 16)
     mask[0, 0, 0] = 1.0
     mask[1] = 0.5
     out = flux.mask_to_tokens(mask, 4, 4, 2, torch.float32, "cpu")
-    assert out[0, 0, 0].item() == 0.25 and out[0, 1:].sum() == 0
+    assert out[0, 0, 0].item() == 1 / 16 and out[0, 1:].sum() == 0
     assert torch.all(out[1] == 0.5)
     assert flux.mask_to_tokens(mask[0], 4, 4, 2, torch.float32, "cpu").shape == (2, 16, 1)
 
