@@ -102,6 +102,9 @@ def check_adapter(pulid, node: str) -> PuLIDAdapter:
 
 
 def method_settings(version: str, method: str) -> tuple[str, int]:
+    if version == "flux":
+        raise PuLIDError("PuLID for SDXL: the adapter is a PuLID-FLUX file. For FLUX.1 use 'Apply PuLID (FLUX)'; "
+                         "for SDXL load pulid_v1.1.safetensors.")
     try:
         return METHODS[version][method]
     except KeyError as exc:

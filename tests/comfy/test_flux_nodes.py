@@ -272,3 +272,105 @@ def test_start_and_end_gate_through_the_models_sigmas(tiny_flux, adapters, golde
     sampling = tiny_flux.get_model_object("model_sampling")
     assert ctx.sigma_start == pytest.approx(float(sampling.percent_to_sigma(0.25)))
     assert ctx.sigma_end == pytest.approx(float(sampling.percent_to_sigma(0.75)))
+
+
+# -- the whole node with a face, sampling, refusals --------------------------------------------
+@pytest.fixture(scope="module")
+def face_tools(adapters):
+    from comfyui_pulid.nodes import loaders
+
+    return (loaders.PuLIDEvaClipLoader.execute("EVA02_CLIP_L_336_psz14_s6B.pt", "fp32").result[0],
+            loaders.PuLIDInsightFaceLoader.execute("CPU", "antelopev2", "insightface").result[0])
+
+
+@pytest.fixture(scope="module")
+def face_image():
+    import numpy as np
+    from PIL import Image
+
+    import comfy_harness
+
+    image = np.asarray(Image.open(comfy_harness.default_face_image()).convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(image)[None]
+
+
+def sample_flux(model, inputs, cfg=1.0, steps=2, seed=0):
+    import comfy.sample
+
+    positive = [[inputs["context"], {"pooled_output": inputs["y"], "guidance": 3.5}]]
+    negative = [[torch.zeros_like(inputs["context"]), {"pooled_output": torch.zeros_like(inputs["y"]),
+                                                        "guidance": 3.5}]]
+    latent = torch.zeros_like(inputs["x"])
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", positive, negative, latent,
+                               disable_pbar=True)
+
+
+def test_apply_with_a_face_changes_sampling_and_nothing_accumulates(tiny_flux, flux_inputs, adapters, face_tools,
+                                                                    face_image):
+    from comfyui_pulid.nodes.flux import PuLIDFluxApply
+
+    eva, face = face_tools
+    two = torch.cat([face_image, face_image.flip(2)])
+    out = PuLIDFluxApply.execute(tiny_flux, adapters["flux"], eva, face, two, 1.0, 0.0, 1.0, "largest", 0,
+                                 "error").result[0]
+    ctx = dit_patches(out)[("double_block", 0)].context
+    # Both photos went through the IDFormer together (v1.1's way): 32 tokens, not 64.
+    assert ctx.cond.shape[:2] == (1, 32) and not torch.equal(ctx.cond, ctx.uncond)
+    plain = sample_flux(tiny_flux, flux_inputs, cfg=2.0)
+    with_id = sample_flux(out, flux_inputs, cfg=2.0)
+    assert torch.isfinite(with_id).all() and (with_id - plain).abs().max() > 1e-4
+    assert torch.equal(sample_flux(out, flux_inputs, cfg=2.0), with_id)  # same graph, same image
+    assert torch.equal(sample_flux(tiny_flux, flux_inputs, cfg=2.0), plain)  # the input model kept no identity
+    # Starting after the last step: no identity at all.
+    late = PuLIDFluxApply.execute(tiny_flux, adapters["flux"], eva, face, face_image, 1.0, 1.0, 1.0).result[0]
+    torch.testing.assert_close(sample_flux(late, flux_inputs, cfg=2.0), plain)
+
+
+def test_fp16_and_bf16_models_run_the_ca_in_their_dtype(adapters, golden_id, flux_inputs):
+    from comfy_testpack.tiny_flux import tiny_flux_model
+
+    for dtype in (torch.bfloat16, torch.float16):
+        model = tiny_flux_model(dtype=dtype)
+        out_model = apply_embeds(model, adapters["golden"], golden_embeds(golden_id), 1.0)
+        inputs = {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in flux_inputs.items()}
+        out = flux_forward(out_model, inputs)
+        assert out.dtype == dtype and torch.isfinite(out).all()
+
+
+def test_refusals_name_what_was_found(pack, tiny_flux, adapters, golden_id, face_tools, face_image):
+    from comfyui_pulid.nodes.embeds import PuLIDApplyEmbeds
+    from comfyui_pulid.nodes.flux import PuLIDFluxApply
+    from comfyui_pulid.nodes.pulid import PuLIDApply, IDEmbeds
+
+    from comfy_testpack.tiny_flux import tiny_flux_model
+    from comfy_testpack.tiny_models import tiny_sdxl_model
+    from pulid_core.errors import PuLIDError
+
+    eva, face = face_tools
+    embeds = golden_embeds(golden_id)
+    sdxl = tiny_sdxl_model()
+    with pytest.raises(PuLIDError, match=r"Apply PuLID Embeds \(FLUX\): the model is a UNet.*Apply PuLID"):
+        apply_embeds(sdxl, adapters["golden"], embeds)
+    with pytest.raises(PuLIDError, match=r"Apply PuLID \(FLUX\): pulid_v1.1.safetensors is a PuLID v1.1 adapter"):
+        PuLIDFluxApply.execute(tiny_flux, adapters["sdxl"], eva, face, face_image, 1.0, 0.0, 1.0)
+    with pytest.raises(PuLIDError, match="made with PuLID v1.1"):
+        apply_embeds(tiny_flux, adapters["flux"], IDEmbeds("v1.1", golden_id, golden_id, 1, "idformer"))
+    with pytest.raises(PuLIDError, match="PuLID-FLUX (adapter|file).*Apply PuLID \\(FLUX\\)"):
+        PuLIDApply.execute(sdxl, adapters["flux"], eva, face, face_image, "fidelity", 0.8, 0.0, 1.0)
+    with pytest.raises(PuLIDError, match="DiT.*Apply PuLID \\(FLUX\\)"):
+        PuLIDApplyEmbeds.execute(tiny_flux, adapters["sdxl"], IDEmbeds("v1.1", golden_id, golden_id, 1, "idformer"),
+                                 "fidelity", 0.8, 0.0, 1.0)
+    # The golden adapter is 128 wide like the tiny FLUX; the stand-in FLUX.1 checks: FLUX.2-like and
+    # other block counts are refused.
+    with pytest.raises(PuLIDError, match="FLUX.2"):
+        apply_embeds(tiny_flux_model({"global_modulation": True, "vec_in_dim": None}), adapters["golden"], embeds)
+    with pytest.raises(PuLIDError, match="8 single blocks"):
+        apply_embeds(tiny_flux_model({"depth_single_blocks": 8}), adapters["golden"], embeds)
+    for bad in (float("nan"), 7.0):
+        with pytest.raises(PuLIDError, match="weight must be"):
+            apply_embeds(tiny_flux, adapters["golden"], embeds, weight=bad)
+    with pytest.raises(PuLIDError, match="start_at"):
+        apply_embeds(tiny_flux, adapters["golden"], embeds, 1.0, 0.8, 0.2)
+    with pytest.raises(PuLIDError, match="attn_mask must be a MASK"):
+        apply_embeds(tiny_flux, adapters["golden"], embeds, attn_mask=torch.ones(1, 1, 8, 8))
