@@ -14,6 +14,7 @@ A PuLID-FLUX file (``pulid_flux_v0.9.x.safetensors``) holds the v1.1 IDFormer as
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -216,7 +217,11 @@ class FluxCrossAttentions(nn.ModuleList):
         """The term the authors add to the image stream (before the ID weight): CA module
         ``index`` with the image tokens ``img`` [B, N, ca_dim] as queries attending to the ID
         tokens [B or 1, T, kv_dim]. Computed in img's dtype and on its device."""
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self):
+        try:
+            position = -1 if isinstance(index, bool) else operator.index(index)
+        except TypeError:
+            position = -1
+        if not 0 <= position < len(self):
             raise PuLIDError(f"PuLID-FLUX has cross-attention modules 0..{len(self) - 1}; got {index!r}.")
         if not isinstance(img, torch.Tensor) or img.ndim != 3 or img.shape[-1] != self.ca_dim:
             raise PuLIDError(
@@ -234,7 +239,7 @@ class FluxCrossAttentions(nn.ModuleList):
                 f"image row(s); got {tuple(getattr(id_tokens, 'shape', ()))}."
             )
         id_tokens = id_tokens.to(device=img.device, dtype=img.dtype).expand(img.shape[0], -1, -1)
-        return self[index](id_tokens, img)
+        return self[position](id_tokens, img)
 
 
 class PuLIDFluxModel(_IDEncoding):

@@ -67,22 +67,25 @@ def check_flux_model(
     node: str,
     ca_dim: int = FLUX_HIDDEN,
     model_class: str | None = None,
+    global_modulation: bool = False,
 ) -> None:
     """Refuse, naming what was found, a diffusion model that PuLID-FLUX cannot patch.
 
     PuLID-FLUX is trained for FLUX.1: ``hidden_size`` must equal the adapter's CA width
     ``ca_dim`` (3072 for the released files; reduced test adapters are narrower) and the
     model must have 19 double and 38 single blocks. ``model_class`` is the class name of
-    ComfyUI's diffusion model, when known (other DiTs such as Chroma share FLUX's sizes).
+    ComfyUI's diffusion model, when known (other DiTs such as Chroma share FLUX's sizes);
+    ``global_modulation`` is set by ComfyUI's FLUX class for FLUX.2, which it also serves.
     """
-    if model_class in _OTHER_MODELS:
+    if model_class in _OTHER_MODELS or global_modulation:
+        what = f"{_OTHER_MODELS[model_class]} ({model_class})" if model_class in _OTHER_MODELS else "FLUX.2"
         raise PuLIDError(
-            f"{node}: the model is {_OTHER_MODELS[model_class]} ({model_class}), not FLUX.1. PuLID-FLUX "
-            "works only with FLUX.1 models (dev, schnell, Krea-dev and their fine-tunes)."
+            f"{node}: the model is {what}, not FLUX.1. PuLID-FLUX works only with FLUX.1 models (dev, "
+            "schnell, Krea-dev and their fine-tunes)."
         )
     found = f"a DiT {hidden_size} wide with {n_double} double and {n_single} single blocks"
     if (n_double, n_single) != (DOUBLE_BLOCKS, SINGLE_BLOCKS):
-        guess = " (this looks like FLUX.2)" if hidden_size != FLUX_HIDDEN and n_double < DOUBLE_BLOCKS else ""
+        guess = " (FLUX.2 or another DiT)" if n_double < DOUBLE_BLOCKS else ""
         raise PuLIDError(
             f"{node}: the model is {found}{guess}; FLUX.1 has {DOUBLE_BLOCKS} double and {SINGLE_BLOCKS} "
             "single blocks. PuLID-FLUX works only with FLUX.1 models (dev, schnell, Krea-dev and their "

@@ -155,6 +155,7 @@ def test_ca_batch_rows_are_independent(tiny):
         shared = tiny.pulid_ca(12, ids[:1], img)
     assert out.shape == (3, 6, 128)
     assert torch.allclose(out[1:2], row, atol=1e-6)
+    assert torch.equal(tiny.pulid_ca(torch.tensor(12), ids, img), out)  # any integer index
     assert torch.allclose(shared[0], out[0], atol=1e-6) and not torch.allclose(shared[1], out[1])
 
 
@@ -254,7 +255,7 @@ def test_flux_diffusion_model_is_not_pulid(tmp_path):
 
 def test_pulid_ca_rejects_bad_calls(tiny):
     ids, img = torch.zeros(1, 32, 2048), torch.zeros(2, 4, 128)
-    for index in (20, -1, True, 1.0):
+    for index in (20, -1, True, 1.0, "0"):
         with pytest.raises(PuLIDError, match="modules 0..19"):
             tiny.pulid_ca(index, ids, img)
     with pytest.raises(PuLIDError, match=r"image tokens \[batch, tokens, 128\].*FLUX.1"):
@@ -302,6 +303,7 @@ def test_check_flux_model():
     flux.check_flux_model(128, 19, 38, node="Apply PuLID (FLUX)", ca_dim=128)  # tiny model + tiny adapter
     cases = [
         (dict(hidden_size=6144, n_double=8, n_single=48), "6144 wide with 8 double and 48 single.*FLUX.2"),
+        (dict(hidden_size=3072, n_double=19, n_single=38, global_modulation=True), "is FLUX.2, not FLUX.1"),
         (dict(hidden_size=3072, n_double=19, n_single=38, model_class="Chroma"), "is Chroma"),
         (dict(hidden_size=1536, n_double=24, n_single=0, model_class="MMDiT"), "SD3"),
         (dict(hidden_size=2048, n_double=19, n_single=38), "2048 wide.*FLUX.1 is 3072 wide"),
