@@ -26,6 +26,7 @@ from . import ops as default_ops
 from .blocks import PerceiverAttention, num_heads
 from .encoders import NUM_VIT_SCALES, IDEncoder, IDFormer, id_encoder_keys, id_former_keys
 from .errors import ModelFileError, PuLIDError
+from .flux import NUM_CA
 from .io import flat_keys, guess_kind, key_diff_message, read_state_dict
 from .layers import MODULE_INDICES, NUM_LAYERS
 
@@ -39,9 +40,6 @@ _KNOWN_FILES = "pulid_v1.bin, pulid_v1.1.safetensors or ip-adapter_pulid_sdxl_fp
 FLUX_ENCODER = "pulid_encoder."
 FLUX_CA = "pulid_ca."
 _FLUX_FILES = "pulid_flux_v0.9.1.safetensors (or pulid_flux_v0.9.0.safetensors)"
-# FLUX.1 has 19 double and 38 single blocks; the authors insert a CA module after every 2nd
-# double and every 4th single block: ceil(19/2) + ceil(38/4) = 10 + 10.
-FLUX_NUM_CA = 20
 # dim_head of the authors' PerceiverAttentionCA (always 128), so heads = inner width / 128.
 FLUX_CA_DIM_HEAD = 128
 FLUX_CA_KEYS = (
@@ -269,7 +267,7 @@ class PuLIDFluxModel(_IDEncoding):
         self.pulid_ca = FluxCrossAttentions(
             [
                 PerceiverAttention(self.ca_dim, inner, heads, operations, kv_dim=kv_dim, with_latents=False)
-                for _ in range(FLUX_NUM_CA)
+                for _ in range(NUM_CA)
             ],
             self.ca_dim,
             kv_dim,
@@ -375,20 +373,20 @@ def _check_flux_keys(state: Mapping, name: str) -> int:
     found = {int(m[1]) for m in map(_FLUX_CA_KEY.match, keys) if m}
     if not found:
         raise ModelFileError(
-            f"{name} holds only a PuLID-FLUX ID encoder (pulid_encoder.*), without the {FLUX_NUM_CA} "
+            f"{name} holds only a PuLID-FLUX ID encoder (pulid_encoder.*), without the {NUM_CA} "
             f"cross-attention modules (pulid_ca.*): use the complete {_FLUX_FILES}."
         )
-    missing_ca = [i for i in range(FLUX_NUM_CA) if i not in found]
+    missing_ca = [i for i in range(NUM_CA) if i not in found]
     if missing_ca:
         shown = ", ".join(map(str, missing_ca[:8])) + (", ..." if len(missing_ca) > 8 else "")
         raise ModelFileError(
-            f"{name} has {FLUX_NUM_CA - len(missing_ca)} of PuLID-FLUX's {FLUX_NUM_CA} cross-attention "
+            f"{name} has {NUM_CA - len(missing_ca)} of PuLID-FLUX's {NUM_CA} cross-attention "
             f"modules (missing pulid_ca.{shown}): the file is incomplete. Download {_FLUX_FILES} again."
         )
     layer_ids = {int(m[1]) for m in map(_FLUX_LAYER_KEY.match, keys) if m}
     depth = max(layer_ids) + 1 if layer_ids else NUM_VIT_SCALES
     expected = {FLUX_ENCODER + k for k in id_former_keys(depth)}
-    expected |= {f"{FLUX_CA}{i}.{k}" for i in range(FLUX_NUM_CA) for k in FLUX_CA_KEYS}
+    expected |= {f"{FLUX_CA}{i}.{k}" for i in range(NUM_CA) for k in FLUX_CA_KEYS}
     missing, unexpected = expected - keys, keys - expected
     if missing or unexpected:
         raise ModelFileError(
