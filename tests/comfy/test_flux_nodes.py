@@ -315,8 +315,14 @@ def test_apply_with_a_face_changes_sampling_and_nothing_accumulates(tiny_flux, f
     out = PuLIDFluxApply.execute(tiny_flux, adapters["flux"], eva, face, two, 1.0, 0.0, 1.0, "largest", 0,
                                  "error").result[0]
     ctx = dit_patches(out)[("double_block", 0)].context
-    # Both photos went through the IDFormer together (v1.1's way): 32 tokens, not 64.
+    # Both photos went through the IDFormer together (the authors' way): 32 tokens, not an average.
     assert ctx.cond.shape[:2] == (1, 32) and not torch.equal(ctx.cond, ctx.uncond)
+    from comfyui_pulid.nodes.embeds import PuLIDEncodeFace
+
+    one = [PuLIDEncodeFace.execute(adapters["flux"], eva, face, img[None], "largest", 0, "error", "average").result[0]
+           for img in two]
+    assert one[0].version == "flux"
+    assert (ctx.cond - (one[0].cond + one[1].cond) / 2).abs().max() > 1e-4
     plain = sample_flux(tiny_flux, flux_inputs, cfg=2.0)
     with_id = sample_flux(out, flux_inputs, cfg=2.0)
     assert torch.isfinite(with_id).all() and (with_id - plain).abs().max() > 1e-4
@@ -374,3 +380,34 @@ def test_refusals_name_what_was_found(pack, tiny_flux, adapters, golden_id, face
         apply_embeds(tiny_flux, adapters["golden"], embeds, 1.0, 0.8, 0.2)
     with pytest.raises(PuLIDError, match="attn_mask must be a MASK"):
         apply_embeds(tiny_flux, adapters["golden"], embeds, attn_mask=torch.ones(1, 1, 8, 8))
+
+
+def test_forward_gives_the_patches_the_latents_grid_and_skips_kontext_tokens(tiny_flux, adapters, golden_id,
+                                                                            monkeypatch):
+    from comfyui_pulid.nodes import flux_patch
+
+    seen = {"grid": set(), "tokens": set()}
+    real_mask, real_add = flux_patch.core_flux.mask_to_tokens, flux_patch.core_flux.add_identity
+
+    def mask_to_tokens(mask, grid_h, grid_w, *args):
+        seen["grid"].add((grid_h, grid_w))
+        return real_mask(mask, grid_h, grid_w, *args)
+
+    def add_identity(img, *args, **kwargs):
+        seen["tokens"].add(img.shape[1])
+        return real_add(img, *args, **kwargs)
+
+    monkeypatch.setattr(flux_patch.core_flux, "mask_to_tokens", mask_to_tokens)
+    monkeypatch.setattr(flux_patch.core_flux, "add_identity", add_identity)
+    out_model = apply_embeds(tiny_flux, adapters["golden"], golden_embeds(golden_id), attn_mask=torch.ones(48, 72))
+    gen = torch.Generator().manual_seed(1)
+    latent = torch.randn(1, 16, 8, 11, generator=gen)  # odd width: ComfyUI pads to 8x12 -> a 4x6 token grid
+    reference = torch.randn(1, 16, 4, 4, generator=gen)  # FLUX Kontext: 4 more tokens after the grid
+    inputs = {"x": latent, "context": _input("input.flux.txt", (1, 8, 64)), "y": _input("input.flux.y", (1, 32))}
+    options = dict(out_model.model_options["transformer_options"], wrappers=out_model.wrappers)
+    with torch.no_grad():
+        out = out_model.model.diffusion_model(inputs["x"], torch.tensor([0.7]), inputs["context"], y=inputs["y"],
+                                              guidance=torch.tensor([3.5]), ref_latents=[reference],
+                                              transformer_options=options)
+    assert out.shape == latent.shape
+    assert seen == {"grid": {(4, 6)}, "tokens": {24}}
