@@ -82,3 +82,58 @@ def tiny_flux_model(config: dict | None = None, dtype: torch.dtype = torch.float
     model.diffusion_model.to(dtype)
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
+
+
+def _tiny_t5_config() -> dict:
+    return {
+        "d_ff": 128, "d_kv": 16, "d_model": TINY_T5_WIDTH, "decoder_start_token_id": 0, "dense_act_fn": "gelu_pytorch_tanh",
+        "dropout_rate": 0.1, "eos_token_id": 1, "is_encoder_decoder": True, "is_gated_act": True,
+        "layer_norm_epsilon": 1e-06, "model_type": "t5", "num_decoder_layers": 2, "num_heads": 4, "num_layers": 2,
+        "output_past": True, "pad_token_id": 0, "relative_attention_num_buckets": 32, "tie_word_embeddings": False,
+        "vocab_size": 32128,
+    }
+
+
+def tiny_flux_clip(seed: int = 1):
+    """FLUX's text encoders (CLIP-L pooled -> vec, T5 hidden states -> context) at tiny widths."""
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+    import comfy.text_encoders.flux
+    import comfy.text_encoders.t5
+
+    from .tiny_models import _fill, _tiny_text_config
+
+    class TinyFluxClipModel(comfy.text_encoders.flux.FluxClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}, **kwargs):
+            torch.nn.Module.__init__(self)
+            self.clip_l = comfy.sd1_clip.SDClipModel(
+                device=device, dtype=dtype, return_projected_pooled=False, model_options=model_options,
+                textmodel_json_config=_tiny_text_config(TINY_CLIP_L_WIDTH, TINY_CLIP_L_WIDTH))
+            self.t5xxl = comfy.sd1_clip.SDClipModel(
+                device=device, layer="last", dtype=dtype, textmodel_json_config=_tiny_t5_config(),
+                special_tokens={"end": 1, "pad": 0}, model_class=comfy.text_encoders.t5.T5,
+                model_options={**model_options, "model_name": "t5xxl"})
+            self.dtypes = {dtype}
+
+    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.FluxTokenizer, TinyFluxClipModel)
+    clip = comfy.sd.CLIP(target=target, model_options={"dtype": torch.float32})
+    _fill(clip.cond_stage_model, seed)
+    return clip
+
+
+def tiny_flux_vae(seed: int = 2):
+    """FLUX's autoencoder structure (16 latent channels, 8x downscale) at a tiny width."""
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    from .tiny_models import _fill
+
+    ddconfig = {"double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
+                "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    config = {"params": {"ddconfig": ddconfig, "embed_dim": 16}}
+    ae = AutoencoderKL(**config["params"])
+    _fill(ae, seed, std=0.1)
+    vae = comfy.sd.VAE(sd=ae.state_dict(), config=config, dtype=torch.float32)
+    vae.latent_channels = 16
+    return vae
