@@ -326,6 +326,10 @@ def test_apply_with_a_face_changes_sampling_and_nothing_accumulates(tiny_flux, f
     plain = sample_flux(tiny_flux, flux_inputs, cfg=2.0)
     with_id = sample_flux(out, flux_inputs, cfg=2.0)
     assert torch.isfinite(with_id).all() and (with_id - plain).abs().max() > 1e-4
+    import comfy.model_management as mm
+
+    # ComfyUI loaded the adapter (its CA modules) with the model for sampling.
+    assert any(loaded.model is adapters["flux"].patcher for loaded in mm.current_loaded_models)
     assert torch.equal(sample_flux(out, flux_inputs, cfg=2.0), with_id)  # same graph, same image
     assert torch.equal(sample_flux(tiny_flux, flux_inputs, cfg=2.0), plain)  # the input model kept no identity
     # Starting after the last step: no identity at all.
