@@ -276,9 +276,8 @@ def _model_file(models: Path, folder: str, name: str) -> bool:
 def stand_in_missing_models(prompt: dict, models: Path, overlay: Path) -> list[str]:
     """Replace what ``models`` lacks by tiny stand-ins (files in ``overlay``); returns what was replaced."""
     from comfy_testpack.stand_ins import WRITERS
-    from comfy_testpack.stand_ins_pulid import IMPLICIT, IMPLICIT_WRITERS
-
     from comfy_testpack.stand_ins_flux import FILES, tiny_flux_swaps
+    from comfy_testpack.stand_ins_pulid import IMPLICIT, IMPLICIT_WRITERS
 
     replaced = []
     flux = tiny_flux_swaps(prompt)

@@ -351,7 +351,7 @@ def test_fp16_and_bf16_models_run_the_ca_in_their_dtype(adapters, golden_id, flu
 def test_refusals_name_what_was_found(pack, tiny_flux, adapters, golden_id, face_tools, face_image):
     from comfyui_pulid.nodes.embeds import PuLIDApplyEmbeds
     from comfyui_pulid.nodes.flux import PuLIDFluxApply
-    from comfyui_pulid.nodes.pulid import PuLIDApply, IDEmbeds
+    from comfyui_pulid.nodes.pulid import IDEmbeds, PuLIDApply
 
     from comfy_testpack.tiny_flux import tiny_flux_model
     from comfy_testpack.tiny_models import tiny_sdxl_model
