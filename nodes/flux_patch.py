@@ -167,7 +167,8 @@ def install(model, context: FluxIDContext, *, replace) -> object:
     """A clone of ``model`` with ``context`` on the 20 PuLID blocks, chained onto their occupants.
 
     ``replace(earlier_context) -> bool`` says which PuLID-FLUX applications already on the
-    model this one supersedes; they are left out of the new chains (never mutated).
+    model this one supersedes; they are left out of the new chains (never mutated). One under
+    another pack's patch cannot be seen (that patch holds it): it stays.
     """
     patched = model.clone()
     dit = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
