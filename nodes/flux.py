@@ -45,13 +45,13 @@ def check_flux_model(model, adapter: PuLIDAdapter, node: str) -> None:
             f"{node}: the model is a UNet ({name}: SDXL or SD1.5), not FLUX.1. For SDXL use 'Apply PuLID' "
             "with an SDXL PuLID file; for FLUX load a FLUX.1 model (Load Diffusion Model)."
         )
-    if getattr(getattr(dm, "params", None), "global_modulation", False):
-        name = "Flux2"  # ComfyUI runs FLUX.2 through the same class
     if not hasattr(dm, "double_blocks") or not hasattr(dm, "single_blocks"):
         raise PuLIDError(f"{node}: the model is {name}, not FLUX.1 (no double/single blocks). PuLID-FLUX works "
                          "only with FLUX.1 models (dev, schnell, Krea-dev and their fine-tunes).")
     core_flux.check_flux_model(getattr(dm, "hidden_size", None), len(dm.double_blocks), len(dm.single_blocks),
-                               node=node, ca_dim=adapter.model.ca_dim, model_class=name)
+                               node=node, ca_dim=adapter.model.ca_dim, model_class=name,
+                               # ComfyUI runs FLUX.2 through the same class, with global modulation
+                               global_modulation=bool(getattr(getattr(dm, "params", None), "global_modulation", False)))
 
 
 def _check_settings(node: str, weight: float, start_at: float, end_at: float) -> None:
