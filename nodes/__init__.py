@@ -31,11 +31,11 @@ def cubiq_pack_installed() -> bool:
 
 def node_list() -> list:
     """Every node class this pack registers (only nodes that really work)."""
-    from . import embeds, folders, legacy, loaders, photomaker, pulid
+    from . import embeds, flux, folders, legacy, loaders, photomaker, pulid
 
     folders.register_folders()
     embeds.register_embeds_folder()
-    nodes = loaders.NODES + pulid.NODES + embeds.NODES + photomaker.NODES
+    nodes = loaders.NODES + pulid.NODES + flux.NODES + embeds.NODES + photomaker.NODES
     if cubiq_pack_installed():
         log.info("cubiq/PuLID_ComfyUI is installed: its node ids (ApplyPulid, ...) stay with it")
     else:

@@ -54,6 +54,10 @@ def cross_attn_layers(model, adapter: PuLIDAdapter) -> list[tuple[tuple, int]]:
         unet = model.get_model_object("diffusion_model")
     except AttributeError as exc:
         raise PuLIDError("The model input is not a ComfyUI MODEL.") from exc
+    if adapter.version == "flux" or hasattr(unet, "double_blocks"):
+        what = f"{adapter.filename} is a PuLID-FLUX adapter" if adapter.version == "flux" else "the model is a DiT (FLUX?)"
+        raise PuLIDError(f"PuLID for SDXL: {what}. For FLUX.1 use 'Apply PuLID (FLUX)' with "
+                         "pulid_flux_v0.9.1.safetensors; for SDXL load an SDXL model and pulid_v1.1.safetensors.")
     found = {}
     for name, blocks in (("input", getattr(unet, "input_blocks", [])), ("middle", [getattr(unet, "middle_block", [])]),
                          ("output", getattr(unet, "output_blocks", []))):

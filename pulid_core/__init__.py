@@ -1,4 +1,4 @@
-"""Framework-free core of comfyui-pulid: PuLID v1/v1.1 and PhotoMaker v1/v2 math,
+"""Framework-free core of comfyui-pulid: PuLID v1/v1.1, PuLID-FLUX and PhotoMaker v1/v2 math,
 checkpoint loading, EVA-CLIP and the face pipeline.
 
 Imports without ComfyUI. Public names are resolved lazily so that importing the
@@ -8,7 +8,7 @@ insightface) until they are used.
 
 from importlib import import_module
 
-__all__ = ["load_pulid", "load_eva_clip", "EvaClip", "PuLIDModel", "ModelFileError", "id_attention",
+__all__ = ["load_pulid", "load_eva_clip", "EvaClip", "PuLIDModel", "PuLIDFluxModel", "ModelFileError", "id_attention",
            "ModelFile", "ModelPaths", "registry", "missing_file_message",
            "load_photomaker", "PhotoMakerModel",
            "load_face_analysis", "load_facexlib", "FacePipeline", "PreparedFace", "id_cond_from",
@@ -17,6 +17,7 @@ __all__ = ["load_pulid", "load_eva_clip", "EvaClip", "PuLIDModel", "ModelFileErr
 _EXPORTS = {
     "load_pulid": "pulid_core.adapter",
     "PuLIDModel": "pulid_core.adapter",
+    "PuLIDFluxModel": "pulid_core.adapter",
     "id_attention": "pulid_core.attention",
     "load_eva_clip": "pulid_core.eva_clip",
     "EvaClip": "pulid_core.eva_clip",

@@ -9,12 +9,12 @@ so the official state dict (``id_adapter.`` prefix stripped) loads strictly.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from .blocks import PerceiverAttention, feed_forward, num_heads
 from .errors import ModelFileError
 from .ops import cast_parameter
 
@@ -33,7 +33,7 @@ _ATTN_KEYS = (
     "0.to_kv.weight",
     "0.to_out.weight",
 )
-# The official PerceiverAttention uses 64-wide heads (16 x 64 = 1024).
+# The IDFormer's PerceiverAttention uses 64-wide heads (16 x 64 = 1024).
 _PERCEIVER_HEAD_DIM = 64
 
 
@@ -113,49 +113,6 @@ class IDEncoder(nn.Module):
         return torch.cat(tokens, dim=1)
 
 
-class PerceiverAttention(nn.Module):
-    """Latents attend to LN(context) and LN(latents) together; bias-free projections."""
-
-    def __init__(self, dim: int, inner_dim: int, operations):
-        super().__init__()
-        if inner_dim % _PERCEIVER_HEAD_DIM == 0:
-            self.heads = inner_dim // _PERCEIVER_HEAD_DIM
-        else:  # reduced test adapters narrower than one official head
-            self.heads = 1
-        self.norm1 = operations.LayerNorm(dim, device="meta")
-        self.norm2 = operations.LayerNorm(dim, device="meta")
-        self.to_q = operations.Linear(dim, inner_dim, bias=False, device="meta")
-        self.to_kv = operations.Linear(dim, 2 * inner_dim, bias=False, device="meta")
-        self.to_out = operations.Linear(inner_dim, dim, bias=False, device="meta")
-
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:
-        b, n, _ = t.shape
-        return t.view(b, n, self.heads, -1).transpose(1, 2)
-
-    def forward(self, context: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        context = self.norm1(context)
-        latents = self.norm2(latents)
-        b, n, _ = latents.shape
-        q = self._heads(self.to_q(latents))
-        k, v = self.to_kv(torch.cat((context, latents), dim=1)).chunk(2, dim=-1)
-        k, v = self._heads(k), self._heads(v)
-        # d^-1/4 on both sides (total 1/sqrt(d)) and an fp32 softmax keep fp16 stable, as the authors do.
-        scale = 1.0 / math.sqrt(math.sqrt(q.shape[-1]))
-        weight = (q * scale) @ (k * scale).transpose(-2, -1)
-        weight = torch.softmax(weight.float(), dim=-1).to(weight.dtype)
-        out = (weight @ v).transpose(1, 2).reshape(b, n, -1)
-        return self.to_out(out)
-
-
-def _feed_forward(dim: int, inner: int, operations) -> nn.Sequential:
-    return nn.Sequential(
-        operations.LayerNorm(dim, device="meta"),
-        operations.Linear(dim, inner, bias=False, device="meta"),
-        nn.GELU(),
-        operations.Linear(inner, dim, bias=False, device="meta"),
-    )
-
-
 class IDFormer(nn.Module):
     """v1.1: 32 learned queries plus 5 ID tokens per image resample the ID tokens and
     the mapped ViT features; each ViT scale feeds depth/5 perceiver layers in turn."""
@@ -181,11 +138,12 @@ class IDFormer(nn.Module):
             setattr(self, f"mapping_{i}", _mlp(shapes, f"mapping_{i}", self.vit_dim, operations))
         inner = shapes["layers.0.0.to_q.weight"][0]
         ff_inner = shapes["layers.0.1.1.weight"][0]
+        heads = num_heads(inner, _PERCEIVER_HEAD_DIM, "the IDFormer attention")
         self.layers = nn.ModuleList(
             nn.ModuleList(
                 [
-                    PerceiverAttention(self.dim, inner, operations),
-                    _feed_forward(self.dim, ff_inner, operations),
+                    PerceiverAttention(self.dim, inner, heads, operations),
+                    feed_forward(self.dim, ff_inner, operations),
                 ]
             )
             for _ in range(depth)

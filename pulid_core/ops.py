@@ -12,26 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _cast(t, like):
-    if t is None:
+def cast_parameter(p: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """A weight or raw nn.Parameter (latents, proj_out, class embeddings) in the input's dtype/device."""
+    if p is None:
         return None
-    return t.to(device=like.device, dtype=like.dtype, non_blocking=True)
+    return p.to(device=like.device, dtype=like.dtype, non_blocking=True)
 
 
-class Linear(nn.Linear):
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("device", "meta")
-        super().__init__(*args, **kwargs)
+class CastWeights:
+    """Mixin for torch layers: built on the meta device (weights always come from a state
+    dict, loaded with ``assign=True``), no random init, weight and bias cast to the input."""
 
-    def reset_parameters(self):
-        # Weights always come from a state dict; skip the random init.
-        return None
-
-    def forward(self, x):
-        return F.linear(x, _cast(self.weight, x), _cast(self.bias, x))
-
-
-class LayerNorm(nn.LayerNorm):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("device", "meta")
         super().__init__(*args, **kwargs)
@@ -39,22 +30,20 @@ class LayerNorm(nn.LayerNorm):
     def reset_parameters(self):
         return None
 
+    def cast_weights(self, x: torch.Tensor):
+        return cast_parameter(self.weight, x), cast_parameter(self.bias, x)
+
+
+class Linear(CastWeights, nn.Linear):
     def forward(self, x):
-        return F.layer_norm(x, self.normalized_shape, _cast(self.weight, x), _cast(self.bias, x), self.eps)
+        return F.linear(x, *self.cast_weights(x))
 
 
-class Conv2d(nn.Conv2d):
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("device", "meta")
-        super().__init__(*args, **kwargs)
-
-    def reset_parameters(self):
-        return None
-
+class LayerNorm(CastWeights, nn.LayerNorm):
     def forward(self, x):
-        return self._conv_forward(x, _cast(self.weight, x), _cast(self.bias, x))
+        return F.layer_norm(x, self.normalized_shape, *self.cast_weights(x), self.eps)
 
 
-def cast_parameter(p: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A raw nn.Parameter (latents, proj_out, class embeddings) in the input's dtype/device."""
-    return _cast(p, like)
+class Conv2d(CastWeights, nn.Conv2d):
+    def forward(self, x):
+        return self._conv_forward(x, *self.cast_weights(x))

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 TESTPACK = REPO / "tests" / "comfy_testpack"
 PACK_NAME = "comfyui-pulid"
 # Model folder keys the graphs of this pack read.
-MODEL_KEYS = ("checkpoints", "diffusion_models", "loras", "pulid", "eva_clip", "insightface", "facexlib", "photomaker", "pulid_embeds")
+MODEL_KEYS = ("checkpoints", "diffusion_models", "loras", "pulid", "eva_clip", "insightface", "facexlib", "photomaker", "pulid_embeds",
+              "text_encoders", "vae")
 
 
 def comfyui_dir() -> Path | None:
@@ -264,9 +265,17 @@ def to_api(workflow: dict, object_info: dict) -> dict:
 
 
 def use_tiny_checkpoints(prompt: dict) -> list[str]:
-    """Swap every checkpoint loader for the test-only tiny SDXL; returns the swapped ids."""
+    """Swap every checkpoint loader for the test-only tiny SDXL (in FLUX graphs the UNet, CLIP and
+    VAE loaders for the tiny FLUX ones); returns the swapped ids."""
+    from comfy_testpack.stand_ins_flux import tiny_flux_swaps
+
     swapped = []
+    for node_id, (class_type, inputs) in tiny_flux_swaps(prompt).items():
+        prompt[node_id].update(class_type=class_type, inputs=inputs)
+        swapped.append(node_id)
     for node_id, node in prompt.items():
+        if node_id in swapped:
+            continue
         if _is_checkpoint_loader(node):  # MODEL is output 0 of each, as of the tiny loader
             node["class_type"] = TINY_LOADER
             node["inputs"] = {"kind": "sdxl", "seed": 0, "v_prediction": False}
@@ -293,12 +302,19 @@ def _model_present(models: Path, folder: str, name: str) -> bool:
     return (base / name).exists() or (folder == "insightface" and (base / "models" / name).is_dir())
 
 
+def _model_file(models: Path, folder: str, name: str) -> bool:
+    path = Path(models) / folder / name
+    return path.is_file() and path.stat().st_size > 0  # empty: a test placeholder
+
+
 def stand_in_missing_models(prompt: dict, models: Path, overlay: Path) -> list[str]:
     """Replace what ``models`` lacks by tiny stand-ins (files in ``overlay``); returns what was replaced."""
     from comfy_testpack.stand_ins import WRITERS
+    from comfy_testpack.stand_ins_flux import FILES, tiny_flux_swaps
     from comfy_testpack.stand_ins_pulid import IMPLICIT, IMPLICIT_WRITERS
 
     replaced = []
+    flux = tiny_flux_swaps(prompt)
 
     def ensure(folder, name, write, node_id):
         if _model_present(models, folder, name):
@@ -310,6 +326,13 @@ def stand_in_missing_models(prompt: dict, models: Path, overlay: Path) -> list[s
         replaced.append(f"{folder}/{name} -> tiny stand-in (node {node_id})")
 
     for node_id, node in prompt.items():
+        if node_id in flux:  # tiny FLUX loaders for missing FLUX files
+            missing = [f"{folder}/{node['inputs'].get(key)}" for folder, key, _ in FILES[node["class_type"]]
+                       if not _model_file(models, folder, node["inputs"].get(key, ""))]
+            if missing:
+                node.update(class_type=flux[node_id][0], inputs=flux[node_id][1])
+                replaced += [f"{m} -> tiny FLUX stand-in (node {node_id})" for m in missing]
+            continue
         if _is_checkpoint_loader(node):
             folder, name = CHECKPOINT_LOADERS[node["class_type"]]
             ckpt = Path(models) / folder / node["inputs"].get(name, "")
@@ -365,8 +388,13 @@ def prepare_models_dir(models: Path) -> None:
     Checkpoint files are empty placeholders, so the frontend finds the names in
     its combos; the graphs run with the tiny test SDXL swapped in for them.
     """
+    from comfy_testpack.stand_ins_flux import ui_files
+
     for workflow in workflow_files() + legacy_workflow_files():
         for node in json.loads(workflow.read_text())["nodes"]:
+            for folder, name in ui_files(node):  # FLUX's text encoders and VAE
+                (models / folder).mkdir(parents=True, exist_ok=True)
+                (models / folder / name).touch()
             if node["type"] in CHECKPOINT_LOADERS:
                 placeholder = models / CHECKPOINT_LOADERS[node["type"]][0] / node["widgets_values"][0]
                 placeholder.parent.mkdir(parents=True, exist_ok=True)

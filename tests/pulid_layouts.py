@@ -81,3 +81,73 @@ def to_ipadapter_layout(state: dict) -> dict:
         key = key.replace("id_adapter_attn_layers.", "ip_adapter.").replace("id_adapter.", "image_proj.")
         out[key.replace(".id_to_k.", ".to_k_ip.").replace(".id_to_v.", ".to_v_ip.")] = value
     return out
+
+
+# --- PuLID-FLUX (pulid_flux_v0.9.x.safetensors) -----------------------------------------------------
+
+FLUX_CA_COUNT = 20  # after double blocks 0, 2, ..., 18 and single blocks 0, 4, ..., 36
+# The released file's encoder: the v1.1 IDFormer at full size.
+FLUX_ENCODER_SIZES = dict(
+    id_dim=1280, vit_dim=1024, hidden=1024, context_dim=2048, num_id_token=5, num_queries=32,
+    former_dim=1024, former_inner=1024, depth=10,
+)
+
+
+def flux_shapes(*, ca_dim=3072, ca_inner=2048, num_ca=FLUX_CA_COUNT, **encoder_sizes) -> dict:
+    """{key: shape} of a PuLID-FLUX file: ``pulid_encoder.*`` (IDFormer, sizes as for
+    ``pulid_shapes("v1.1", ...)``, default the released ones) and ``pulid_ca.{i}.*``.
+
+    ``ca_dim``: the FLUX image-stream width (3072); ``ca_inner``: the CA's q/k/v width
+    (heads x 128); the CA's ID-token width is the encoder's ``context_dim``.
+    """
+    sizes = {**FLUX_ENCODER_SIZES, **encoder_sizes}
+    kv_dim = sizes["context_dim"]
+    shapes = {
+        "pulid_encoder." + k[len("id_adapter.") :]: s
+        for k, s in pulid_shapes("v1.1", **sizes).items()
+        if k.startswith("id_adapter.")
+    }
+    for i in range(num_ca):
+        p = f"pulid_ca.{i}"
+        shapes[f"{p}.norm1.weight"] = shapes[f"{p}.norm1.bias"] = (kv_dim,)
+        shapes[f"{p}.norm2.weight"] = shapes[f"{p}.norm2.bias"] = (ca_dim,)
+        shapes[f"{p}.to_q.weight"] = (ca_inner, ca_dim)
+        shapes[f"{p}.to_kv.weight"] = (2 * ca_inner, kv_dim)
+        shapes[f"{p}.to_out.weight"] = (ca_dim, ca_inner)
+    return shapes
+
+
+def tiny_flux_sizes() -> dict:
+    """A small PuLID-FLUX adapter for a FLUX of width 128 (the golden tiny FLUX): CA 128 wide,
+    two 128-wide heads, ID tokens 2048 wide as released, and a narrow IDFormer."""
+    return dict(ca_dim=128, ca_inner=256, id_dim=20, vit_dim=12, hidden=16, num_id_token=5,
+                num_queries=32, former_dim=16, former_inner=16, depth=10, context_dim=2048)
+
+
+def flux_state_dict(*, dtype=None, salt="tiny:", rename=None, **sizes) -> dict:
+    """A PuLID-FLUX state dict of ``flux_shapes(**sizes)``, every tensor filled by detfill from
+    its name (``rename(key)`` gives the name to fill from, default the key itself).
+
+    ``salt=None`` gives zeros that share one element of storage (stride 0): a full-size file's
+    structure for loaders at no memory cost.
+    """
+    import torch
+
+    dtype = dtype or torch.float32
+    shapes = flux_shapes(**sizes)
+    if salt is None:
+        zero = torch.zeros((), dtype=dtype)
+        return {k: zero.expand(s) for k, s in shapes.items()}
+    detfill = _detfill()
+    rename = rename or (lambda k: k)
+    return {k: torch.from_numpy(detfill.tensor(rename(k), s, salt)).to(dtype) for k, s in shapes.items()}
+
+
+def _detfill():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("pulid_detfill", Path(__file__).with_name("detfill.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops as default_ops
+from ..blocks import PerceiverAttention, feed_forward
 from ..errors import ModelFileError, PuLIDError
 from ..io import guess_kind, key_diff_message, read_state_dict
 
@@ -174,47 +175,6 @@ class FuseModule(nn.Module):
 # ---------------------------------------------------------------------------
 
 
-class PerceiverAttention(nn.Module):
-    def __init__(self, dim: int, inner: int, heads: int, operations):
-        super().__init__()
-        self.heads = heads
-        self.norm1 = operations.LayerNorm(dim, device="meta")
-        self.norm2 = operations.LayerNorm(dim, device="meta")
-        self.to_q = operations.Linear(dim, inner, bias=False, device="meta")
-        self.to_kv = operations.Linear(dim, 2 * inner, bias=False, device="meta")
-        self.to_out = operations.Linear(inner, dim, bias=False, device="meta")
-
-    def forward(self, x, latents):
-        x = self.norm1(x)
-        latents = self.norm2(latents)
-        b, n, _ = latents.shape
-        q = self.to_q(latents)
-        k, v = self.to_kv(torch.cat([x, latents], dim=1)).chunk(2, dim=-1)
-
-        def split(t):
-            return t.view(b, t.shape[1], self.heads, -1).transpose(1, 2)
-
-        q, k, v = split(q), split(k), split(v)
-        # The authors split 1/sqrt(d) over both factors and take the softmax in fp32 (fp16 safety).
-        scale = q.shape[-1] ** -0.25
-        weight = (q * scale) @ (k * scale).transpose(-2, -1)
-        weight = torch.softmax(weight.float(), dim=-1).to(weight.dtype)
-        out = (weight @ v).transpose(1, 2).reshape(b, n, -1)
-        return self.to_out(out)
-
-
-class FeedForward(nn.Sequential):
-    """LayerNorm -> Linear -> GELU -> Linear, indices 0/1/3 as in the checkpoint."""
-
-    def __init__(self, dim: int, inner: int, operations):
-        super().__init__(
-            operations.LayerNorm(dim, device="meta"),
-            operations.Linear(dim, inner, bias=False, device="meta"),
-            nn.GELU(),
-            operations.Linear(inner, dim, bias=False, device="meta"),
-        )
-
-
 class FacePerceiverResampler(nn.Module):
     def __init__(self, dim, depth, inner, heads, ff_inner, embedding_dim, output_dim, operations):
         super().__init__()
@@ -223,7 +183,7 @@ class FacePerceiverResampler(nn.Module):
         self.norm_out = operations.LayerNorm(output_dim, device="meta")
         self.layers = nn.ModuleList(
             nn.ModuleList(
-                [PerceiverAttention(dim, inner, heads, operations), FeedForward(dim, ff_inner, operations)]
+                [PerceiverAttention(dim, inner, heads, operations), feed_forward(dim, ff_inner, operations)]
             )
             for _ in range(depth)
         )

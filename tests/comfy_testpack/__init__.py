@@ -29,5 +29,67 @@ class PuLIDTestTinySDXLLoader:
         return (tiny_sdxl_model(kind, seed, v_prediction), tiny_clip(seed + 1), tiny_vae(seed + 2))
 
 
-NODE_CLASS_MAPPINGS = {"PuLIDTestTinySDXLLoader": PuLIDTestTinySDXLLoader}
-NODE_DISPLAY_NAME_MAPPINGS = {"PuLIDTestTinySDXLLoader": "Tiny SDXL (test only)"}
+class PuLIDTestTinyFluxLoader:
+    """Stands in for UNETLoader in FLUX graphs: a tiny FLUX.1 through ComfyUI's FLUX class."""
+
+    CATEGORY = "_for_testing/pulid"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    DESCRIPTION = "Test-only tiny FLUX.1 (19 + 38 blocks, 128 wide, weights from their names)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"variant": (["dev", "schnell"], {"default": "dev"})}}
+
+    def load(self, variant):
+        from .tiny_flux import tiny_flux_model
+
+        return (tiny_flux_model(schnell=variant == "schnell"),)
+
+
+class PuLIDTestTinyFluxCLIPLoader:
+    """Stands in for DualCLIPLoader (type flux): tiny CLIP-L + T5."""
+
+    CATEGORY = "_for_testing/pulid"
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        from .tiny_flux import tiny_flux_clip
+
+        return (tiny_flux_clip(),)
+
+
+class PuLIDTestTinyFluxVAELoader:
+    """Stands in for VAELoader in FLUX graphs: a tiny 16-channel autoencoder."""
+
+    CATEGORY = "_for_testing/pulid"
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        from .tiny_flux import tiny_flux_vae
+
+        return (tiny_flux_vae(),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "PuLIDTestTinySDXLLoader": PuLIDTestTinySDXLLoader,
+    "PuLIDTestTinyFluxLoader": PuLIDTestTinyFluxLoader,
+    "PuLIDTestTinyFluxCLIPLoader": PuLIDTestTinyFluxCLIPLoader,
+    "PuLIDTestTinyFluxVAELoader": PuLIDTestTinyFluxVAELoader,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "PuLIDTestTinySDXLLoader": "Tiny SDXL (test only)",
+    "PuLIDTestTinyFluxLoader": "Tiny FLUX.1 (test only)",
+    "PuLIDTestTinyFluxCLIPLoader": "Tiny FLUX CLIP-L + T5 (test only)",
+    "PuLIDTestTinyFluxVAELoader": "Tiny FLUX VAE (test only)",
+}

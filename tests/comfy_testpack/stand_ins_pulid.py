@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from pulid_layouts import pulid_shapes, sdxl_width, to_ipadapter_layout
+from pulid_layouts import flux_shapes, pulid_shapes, sdxl_width, to_ipadapter_layout
 
 from .stand_ins import writer
 from .tiny_sizes import TINY_WIDTH
@@ -50,8 +50,21 @@ def tiny_pulid_shapes(version: str) -> dict:
                         former_dim=64, former_inner=64, layer_width=lambda k: TINY_WIDTH[sdxl_width(k)])
 
 
+def tiny_flux_adapter_shapes() -> dict:
+    """PuLID-FLUX's keys; the CA fits the tiny FLUX (128 wide, 2 heads of 128), the IDFormer the tiny EVA."""
+    from .tiny_flux import TINY_FLUX_CONFIG
+
+    return flux_shapes(ca_dim=TINY_FLUX_CONFIG["hidden_size"], ca_inner=256, id_dim=ID_DIM, vit_dim=EVA_WIDTH, hidden=32,
+                       context_dim=TOKEN_DIM, num_queries=32, former_dim=64, former_inner=64)
+
+
 @writer(("PuLIDModelLoader", "PulidModelLoader"), "pulid_file", "pulid")
 def write_tiny_pulid(path: Path) -> None:
+    if "flux" in path.name.lower():
+        # The release stores 16-bit tensors.
+        save_file({k: v.to(torch.bfloat16) for k, v in _random(tiny_flux_adapter_shapes(), seed=15).items()},
+                  str(path))
+        return
     version = "v1.1" if "1.1" in path.name else "v1"
     state = _random(tiny_pulid_shapes(version), seed=11 if version == "v1" else 12)
     if path.name.startswith("ip-adapter"):

@@ -350,7 +350,8 @@ def test_missing_file(tmp_path):
 def test_imports_without_comfy():
     code = (
         "import sys, pulid_core, pulid_core.adapter, pulid_core.encoders, pulid_core.attention, pulid_core.layers\n"
-        "from pulid_core import load_pulid, PuLIDModel, id_attention\n"
+        "import pulid_core.blocks, pulid_core.flux\n"
+        "from pulid_core import load_pulid, PuLIDModel, PuLIDFluxModel, id_attention\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', 'comfy_extras', 'nodes')]\n"
         "assert not bad, bad\n"
     )

@@ -1,0 +1,199 @@
+"""PuLID-FLUX inside ComfyUI's DiT block patches.
+
+The authors add ``id_weight * pulid_ca[k](id, img)`` to the image stream after
+double blocks 0, 2, ..., 18 and, on the image part of the joint sequence, after
+single blocks 0, 4, ..., 36 (ToTheBeginning/PuLID ``flux/model.py``). Here each of
+those 20 blocks gets a ``patches_replace["dit"]`` entry (``FluxBlockPatch``) that
+runs whatever occupied the block before it (the real block, another PuLID,
+another pack's patch) and then adds the identity through ``pulid_core.flux``.
+
+One ``FluxIDContext`` per Apply holds the adapter and the settings. Patches and
+contexts never change after creation and ``__deepcopy__`` returns self, so
+clones share them and re-running a graph cannot stack an identity twice.
+
+A keyed DIFFUSION_MODEL wrapper (``grid_wrapper``) hands the patches what the
+block arguments lack: the latent's token grid (masks are resized to it exactly;
+FLUX Kontext's reference tokens after the grid get no identity) and a per-forward
+record of the text length (ComfyUI 0.3.75 passes single blocks ``cat(txt, img)``
+without saying where the image starts; newer versions set ``img_slice``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import torch
+
+from ..pulid_core import flux as core_flux
+from ..pulid_core.errors import PuLIDError
+
+log = logging.getLogger(__name__)
+
+WRAPPER_KEY = "comfyui-pulid.flux"
+GRID = "pulid_flux_grid"  # (rows, cols) of the latent's patch tokens, set by grid_wrapper
+STREAMS = "pulid_flux_streams"  # per-forward {"txt": text tokens} recorded by the double-block patches
+
+
+def grid_wrapper(executor, *args, **kwargs):
+    """DIFFUSION_MODEL wrapper: a per-forward copy of transformer_options with the token grid."""
+    try:
+        bound = inspect.signature(executor.original).bind(*args, **kwargs)
+    except TypeError:
+        return executor(*args, **kwargs)
+    x = bound.arguments.get("x")
+    options = bound.arguments.get("transformer_options")
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not isinstance(options, dict):
+        return executor(*args, **kwargs)
+    grid = core_flux.token_grid(x.shape[-2], x.shape[-1])
+    bound.arguments["transformer_options"] = {**options, GRID: grid, STREAMS: {}}
+    return executor(*bound.args, **bound.kwargs)
+
+
+class FluxIDContext:
+    """Everything one PuLID-FLUX application adds: adapter, ID tokens, weight, sigma range, mask.
+
+    ``cond``/``uncond`` are [1, 32, 2048] ID tokens (uncond = the IDFormer of zero inputs, the
+    authors' true-CFG negative); ``mask`` is None or [M, H, W] in 0..1.
+    """
+
+    def __init__(self, adapter, cond, uncond, *, weight: float, sigma_start: float, sigma_end: float,
+                 mask: torch.Tensor | None = None):
+        self.adapter = adapter  # comfy ModelPatcher around pulid_core's PuLIDFluxModel
+        self.cond = cond
+        self.uncond = uncond
+        self.weight = float(weight)
+        self.sigma_start = float(sigma_start)
+        self.sigma_end = float(sigma_end)
+        self.mask = mask
+
+    def active(self, options) -> bool:
+        if self.weight == 0:
+            return False
+        sigmas = options.get("sigmas")
+        if sigmas is None:
+            return True
+        sigma = float(sigmas.reshape(-1)[0])
+        return self.sigma_end <= sigma <= self.sigma_start
+
+    def add(self, img: torch.Tensor, ca: int, options) -> torch.Tensor:
+        """``img`` [B, N, C] (only the image tokens of the latent grid) plus this identity."""
+        chunks = options.get("cond_or_uncond") or [0]
+        rows = core_flux.select_rows(chunks, img.shape[0], self.cond, self.uncond)
+        mask = None
+        if self.mask is not None:
+            grid = options.get(GRID)
+            if grid is None:
+                raise PuLIDError("PuLID-FLUX: the attention mask needs the token grid; the pack's "
+                                   "DIFFUSION_MODEL wrapper did not run (model patched outside Apply PuLID?).")
+            # One mask for all latents, or one per latent (the same in every cond/uncond chunk).
+            per_chunk = img.shape[0] // len(chunks)
+            masks = self.mask if self.mask.shape[0] in (1, per_chunk) else self.mask[:1]
+            mask = core_flux.mask_to_tokens(masks, grid[0], grid[1], per_chunk, img.dtype, img.device)
+            mask = mask.repeat(len(chunks), 1, 1)
+        return core_flux.add_identity(img, self.adapter.model, ca, rows, self.weight, mask=mask)
+
+
+def _grid_tokens(options, available: int) -> int:
+    grid = options.get(GRID)
+    return min(available, grid[0] * grid[1]) if grid else available
+
+
+class FluxBlockPatch:
+    """``patches_replace["dit"]`` entry of one block: the block's occupant, then ``ca`` adds the ID."""
+
+    def __init__(self, context: FluxIDContext, block_type: str, ca: int, upstream=None):
+        self.context = context
+        self.block_type = block_type  # "double" or "single"
+        self.ca = ca
+        self.upstream = upstream
+
+    def __call__(self, args, extra):
+        out = self.upstream(args, extra) if self.upstream is not None else extra["original_block"](args)
+        options = args.get("transformer_options") or {}
+        img = out["img"]
+        if self.block_type == "double":
+            streams = options.get(STREAMS)
+            if streams is not None:
+                streams["txt"] = out["txt"].shape[1]
+        if not self.context.active(options):
+            return out
+        start = 0 if self.block_type == "double" else _text_tokens(options)
+        end = start + _grid_tokens(options, img.shape[1] - start)
+        with torch.no_grad():
+            added = self.context.add(img[:, start:end], self.ca, options)
+        return {**out, "img": torch.cat([img[:, :start], added, img[:, end:]], dim=1)}
+
+    # -- ModelPatcher lifecycle ---------------------------------------------------
+    def to(self, device_or_dtype):
+        # The adapter is loaded and offloaded by ComfyUI (models()); dtype casts (fp8 storage
+        # dtypes included) are ignored: the CA runs in the activations' dtype.
+        if self.upstream is not None and hasattr(self.upstream, "to"):
+            self.upstream.to(device_or_dtype)
+        return self
+
+    def models(self):
+        found = [self.context.adapter]
+        if self.upstream is not None and hasattr(self.upstream, "models"):
+            found += [m for m in self.upstream.models() if all(m is not f for f in found)]
+        return found
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def _text_tokens(options) -> int:
+    """Where the image starts in a single block's ``cat(txt, img)``."""
+    if options.get("img_slice"):
+        return int(options["img_slice"][0])
+    streams = options.get(STREAMS) or {}
+    if "txt" in streams:
+        return streams["txt"]
+    raise PuLIDError("PuLID-FLUX: the text length of this forward is unknown (no img_slice and no double-block "
+                       "patch ran); apply PuLID-FLUX with the pack's Apply node.")
+
+
+def installed_contexts(model) -> list[FluxIDContext]:
+    """The PuLID-FLUX applications already on ``model``, bottom first (from double block 0's chain)."""
+    dit = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    chain, patch = [], dit.get(("double_block", 0))
+    while isinstance(patch, FluxBlockPatch):
+        chain.append(patch.context)
+        patch = patch.upstream
+    return chain[::-1]
+
+
+def install(model, context: FluxIDContext, *, replace) -> object:
+    """A clone of ``model`` with ``context`` on the 20 PuLID blocks, chained onto their occupants.
+
+    ``replace(earlier_context) -> bool`` says which PuLID-FLUX applications already on the
+    model this one supersedes; they are left out of the new chains (never mutated). One under
+    another pack's patch cannot be seen (that patch holds it): it stays.
+    """
+    patched = model.clone()
+    dit = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    keys = [("double_block", i) for i in range(19)] + [("single_block", i) for i in range(38)]
+    for key in keys:
+        ca = core_flux.ca_index(key[0].split("_")[0], key[1])
+        if ca is None:
+            continue
+        upstream = _without(dit.get(key), replace)
+        patched.set_model_patch_replace(FluxBlockPatch(context, key[0].split("_")[0], ca, upstream), "dit", key[0],
+                                        key[1])
+    import comfy.patcher_extension as ext
+
+    patched.remove_wrappers_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
+    patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, grid_wrapper)
+    return patched
+
+
+def _without(patch, replace):
+    """``patch``'s chain without the PuLID-FLUX applications ``replace`` selects (new objects)."""
+    if not isinstance(patch, FluxBlockPatch):
+        return patch  # empty, or another pack's patch (opaque: kept as it is)
+    below = _without(patch.upstream, replace)
+    if replace(patch.context):
+        return below
+    if below is patch.upstream:
+        return patch
+    return FluxBlockPatch(patch.context, patch.block_type, patch.ca, below)
