@@ -4,9 +4,19 @@ The ID tokens get their own attention on the layer's query; the result is added 
 the text attention output H before ``to_out``, optionally with the part parallel
 to H removed ("ortho") or scaled by the attention mass on the first ID tokens
 ("ortho_v2"). Shapes follow ComfyUI's attn2 replace patches: q [B, N, heads*d].
+
+Reference: ToTheBeginning/PuLID ``pulid/attention_processor.py`` (IDAttnProcessor2_0).
+The authors append ``num_zero`` zero tokens to the ID tokens. A zero key has logit 0
+and a zero value adds nothing, so those tokens only add ``num_zero * exp(0 - max)`` to
+each softmax denominator; :func:`prepare_id_kv` leaves them out of the matmuls and
+adds one extra logit column of ``log(num_zero)`` instead (the same softmax), and folds
+the weight into the values (the attention is linear in them).
 """
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,22 +43,159 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
     return out.transpose(1, 2).reshape(b, n, inner)
 
 
-def _id_token_mass(q: torch.Tensor, id_k: torch.Tensor, heads: int) -> torch.Tensor:
-    """m [B, N, 1]: softmax(Q K^T) without the 1/sqrt(d) scale, averaged over heads and summed
-    over the first ID tokens. fp32 here; the authors use the UNet dtype (same up to rounding)."""
-    logits = _split_heads(q.float(), heads) @ _split_heads(id_k.float(), heads).transpose(-2, -1)
-    mass = logits.softmax(dim=-1).mean(dim=1)
-    return mass[..., :ORTHO_V2_TOKENS].sum(dim=-1, keepdim=True)
+class PreparedIDKV(NamedTuple):
+    """One layer's ID keys and values laid out for :func:`id_attention_prepared`.
+
+    k_t [B*heads, d, T'] (keys, head-split and transposed); v [B*heads, T', d] (values
+    times the weight); T' = T, or T + 1 when one column stands for the num_zero zero
+    tokens (key 0 and value 0; ``bias`` [T'] gives it the logit log(num_zero), so that its
+    softmax weight is num_zero * exp(0 - max), as num_zero separate zero tokens would have).
+    ``bias_scaled`` = (1 - scale) * bias: scale * (logits + bias) + bias_scaled puts
+    log(num_zero) in that column of the scaled logits too. B is 1 or the batch.
+    """
+
+    k_t: torch.Tensor
+    v: torch.Tensor
+    bias: torch.Tensor | None
+    bias_scaled: torch.Tensor | None
+    heads: int
+    scale: float
+
+    @property
+    def rows(self) -> int:
+        return self.k_t.shape[0] // self.heads
 
 
-def _as_row_factor(value, like: torch.Tensor, batch: int, what: str) -> torch.Tensor:
-    """A float or per-row tensor as something that broadcasts against [B, N, C]."""
-    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    if t.ndim == 1 and t.numel() == batch and batch > 1:
-        t = t.view(batch, 1, 1)
-    if t.ndim > 3:
-        raise PuLIDError(f"{what} must broadcast to [batch, 1, 1]; got shape {tuple(t.shape)}.")
-    return t
+def _row_weight(weight, rows: int) -> torch.Tensor | float:
+    """A float, or a tensor of 1 or ``rows`` per-row weights shaped [rows or 1, 1, 1, 1]."""
+    if not isinstance(weight, torch.Tensor):
+        return float(weight)
+    if weight.numel() not in (1, rows) or weight.ndim > 3 or (weight.numel() > 1 and weight.shape[0] != rows):
+        raise PuLIDError(f"weight must be a float or one value per batch row; got shape {tuple(weight.shape)}.")
+    return weight.reshape(-1, 1, 1, 1)
+
+
+def prepare_id_kv(id_k: torch.Tensor, id_v: torch.Tensor, heads: int, weight, *, num_zero: int = 0,
+                  device=None, dtype=None) -> PreparedIDKV:
+    """Lay out ID keys/values [B or 1, T, heads*d] once per layer (a function of the Apply alone).
+
+    ``num_zero`` zero tokens are implied after the T given ones (zero rows passed explicitly
+    simply take part in the matmuls, with the same result). The weight (a float, or a
+    tensor of 1 or B per-row values) is folded into the values. Result in ``dtype``
+    (default the keys' dtype) on ``device``.
+    """
+    if id_k.shape != id_v.shape or id_k.ndim != 3 or id_k.shape[-1] % heads:
+        raise PuLIDError(
+            f"ID keys {tuple(id_k.shape)} and values {tuple(id_v.shape)} must be equal [batch, tokens, "
+            f"heads*d] with {heads} heads."
+        )
+    if int(num_zero) != num_zero or num_zero < 0:
+        raise PuLIDError(f"num_zero must be a whole number >= 0; got {num_zero!r}.")
+    dtype = dtype or id_k.dtype
+    device = device or id_k.device
+    rows, tokens, inner = id_k.shape
+    d = inner // heads
+    scale = 1.0 / math.sqrt(d)
+    k = id_k.to(device=device, dtype=dtype).view(rows, tokens, heads, d).permute(0, 2, 3, 1)
+    v = id_v.to(device=device, dtype=dtype).view(rows, tokens, heads, d).transpose(1, 2)
+    w = _row_weight(weight, rows)
+    if isinstance(w, torch.Tensor):
+        w = w.to(device=device, dtype=dtype)
+        if w.shape[0] != rows:
+            k = k.expand(w.shape[0], -1, -1, -1)
+    v = v * w
+    bias = bias_scaled = None
+    if num_zero:
+        k = torch.cat([k, k.new_zeros(*k.shape[:3], 1)], dim=3)
+        v = torch.cat([v, v.new_zeros(v.shape[0], heads, 1, d)], dim=2)
+        bias = torch.zeros(tokens + 1, device=device, dtype=dtype)
+        bias[-1] = math.log(num_zero)
+        bias_scaled = bias * (1.0 - scale)
+    b = k.shape[0]
+    return PreparedIDKV(k.reshape(b * heads, d, -1).contiguous(), v.reshape(b * heads, -1, d).contiguous(),
+                        bias, bias_scaled, heads, scale)
+
+
+def select_rows(kv: PreparedIDKV, rows: torch.Tensor | None = None, batch: int | None = None) -> PreparedIDKV:
+    """The keys/values of rows ``rows`` (a LongTensor of row indices), or of one row
+    broadcast to ``batch`` rows; contiguous, ready for a batch."""
+    heads = kv.heads
+    k = kv.k_t.view(kv.rows, heads, *kv.k_t.shape[1:])
+    v = kv.v.view(kv.rows, heads, *kv.v.shape[1:])
+    if rows is not None:
+        k, v = k[rows], v[rows]
+    elif batch is not None and k.shape[0] != batch:
+        k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
+    return kv._replace(k_t=k.reshape(-1, *k.shape[2:]).contiguous(), v=v.reshape(-1, *v.shape[2:]).contiguous())
+
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV, projection: str,
+                          mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``base`` plus the ID term, with keys/values from :func:`prepare_id_kv` (one row per q row).
+
+    The ID attention runs in q's dtype, the projection in fp32 as the authors do. No host-device
+    synchronisation; one QK^T serves the ID attention and ortho_v2's mass.
+    """
+    batch, n, inner = q.shape
+    heads = kv.heads
+    if kv.rows != batch:
+        raise PuLIDError(f"ID keys for {kv.rows} rows cannot serve a batch of {batch}.")
+    q3 = q.view(batch, n, heads, -1).transpose(1, 2).reshape(batch * heads, n, -1)  # one copy
+    if projection == "ortho_v2":
+        # Unscaled logits (the mass) and scaled ones (the attention) from one QK^T.
+        logits = torch.bmm(q3, kv.k_t) if kv.bias is None else torch.baddbmm(kv.bias, q3, kv.k_t)
+        scaled = logits * kv.scale if kv.bias is None else torch.add(kv.bias_scaled, logits, alpha=kv.scale)
+    else:
+        logits = None
+        scaled = (torch.bmm(q3, kv.k_t) * kv.scale if kv.bias is None
+                  else torch.baddbmm(kv.bias, q3, kv.k_t, alpha=kv.scale))
+    ident = torch.bmm(torch.softmax(scaled, dim=-1), kv.v)  # [B*h, N, d], weight folded in
+    ident = ident.view(batch, heads, n, -1).transpose(1, 2)  # [B, N, h, d], a view
+    h4 = base.view(batch, n, heads, -1)
+
+    if projection == "none":
+        # Added in the UNet dtype, as the authors do.
+        ident = ident.to(base.dtype)
+        return _masked(base, torch.add(h4, ident, out=torch.empty_like(h4)).view(batch, n, inner), mask)
+
+    h32, i32 = h4.float(), ident.float()
+    energy = torch.linalg.vector_norm(h32, dim=1, keepdim=True).square_()  # [B, 1, h, d]
+    # A channel where H is 0 at every token (e.g. a zeroed negative prompt) has nothing to project
+    # onto: its energy and dot product are both 0, and the authors' 0/0 would make the image NaN.
+    coeff = (h32 * i32).sum(dim=1, keepdim=True).div_(energy.clamp_min_(_TINY))  # s <H, I> / |H|^2
+    if projection == "ortho":
+        factor = 1.0 - coeff  # H + s (I - P) = I_s + H (1 - c)
+    else:
+        # H + s (I + (m - 1) P), m = softmax(QK^T) (no scale) summed over the first five ID tokens,
+        # averaged over heads (the 1/heads is the addcmul's value).
+        mass = torch.softmax(logits.float(), dim=-1).view(batch, heads, n, -1)[..., :ORTHO_V2_TOKENS]
+        mass = mass.sum(dim=(1, 3)).view(batch, n, 1, 1)
+        factor = torch.addcmul(1.0 - coeff, mass, coeff, value=1.0 / heads)  # 1 + (m - 1) c
+    # Written in H's (token-major) layout; I is a head-major view.
+    out = torch.addcmul(i32, h32, factor, out=torch.empty_like(h32))
+    return _masked(base, out.view(batch, n, inner).to(base.dtype), mask)
+
+
+def _masked(base: torch.Tensor, full: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """base + mask * (full - base): exactly ``full`` where the mask is 1 and ``base`` where it is 0."""
+    if mask is None:
+        return full
+    return torch.lerp(base, full, _mask4(mask, base.shape[0], base.shape[1]).squeeze(-1).to(base.dtype))
+
+
+def _mask4(mask: torch.Tensor, batch: int, n: int) -> torch.Tensor:
+    """A mask broadcastable to [B, N, 1] (or [B, N]) as [B or 1, N or 1, 1, 1]."""
+    m = mask.unsqueeze(-1) if mask.ndim == 2 else mask
+    if m.ndim == 1 and m.numel() == batch and batch > 1:
+        m = m.view(batch, 1, 1)
+    if m.ndim > 3 or m.shape[-1] != 1:
+        raise PuLIDError(f"mask must broadcast to [batch, tokens, 1]; got shape {tuple(mask.shape)}.")
+    while m.ndim < 3:
+        m = m.unsqueeze(0)
+    return m.unsqueeze(-1)
 
 
 def id_attention(
@@ -62,17 +209,19 @@ def id_attention(
     *,
     mask: torch.Tensor | None = None,
     attention=None,
+    num_zero: int = 0,
 ) -> torch.Tensor:
     """``base`` plus PuLID's ID term, before to_out.
 
     base: text cross-attention output H [B, N, heads*d]; q: the layer's (unscaled) query,
     same shape; id_k/id_v: [B or 1, T', heads*d] from ``PuLIDModel.id_kv`` (zero rows
-    included). weight: id_scale, a float or a tensor broadcastable to [B, 1, 1] (a 1-D
-    tensor of length B is taken per row). projection: "none" (H + s*I), "ortho"
+    included, or left out and counted in ``num_zero``). weight: id_scale, a float or a
+    tensor of 1 or B per-row values. projection: "none" (H + s*I), "ortho"
     (H + s*(I - P)) or "ortho_v2" (H + s*(I + (m - 1)*P)), P being I projected onto H
     over the token axis per channel. mask: broadcastable to [B, N, 1] (or [B, N]),
     multiplies the ID term. attention: ``(q, k, v, heads) -> out`` in the same shape
-    convention (ComfyUI's optimized_attention); default torch SDPA.
+    convention (e.g. ComfyUI's optimized_attention) for the ID attention, given the
+    zero rows explicitly; default: this module's own attention, which shares ortho_v2's QK^T.
     Returns base's dtype.
     """
     if projection not in PROJECTIONS:
@@ -84,32 +233,40 @@ def id_attention(
             f"id_k {tuple(id_k.shape)}, id_v {tuple(id_v.shape)}, heads {heads}. The adapter's layer "
             "widths must match the model's (PuLID is for SDXL)."
         )
-    if id_k.shape[0] != batch:
-        if id_k.shape[0] != 1:
-            raise PuLIDError(f"ID keys for {id_k.shape[0]} rows cannot serve a batch of {batch}.")
-        id_k, id_v = id_k.expand(batch, -1, -1), id_v.expand(batch, -1, -1)
-    # The authors cast the ID keys/values to the query's dtype before attending.
-    id_k = id_k.to(device=q.device, dtype=q.dtype)
-    id_v = id_v.to(device=q.device, dtype=q.dtype)
-    ident = (attention or sdpa_attention)(q, id_k, id_v, heads)
+    if id_k.shape[0] != batch and id_k.shape[0] != 1:
+        raise PuLIDError(f"ID keys for {id_k.shape[0]} rows cannot serve a batch of {batch}.")
+    if isinstance(weight, (int, float)) and weight == 0:
+        return base.clone()
+    if attention is None:
+        kv = prepare_id_kv(id_k, id_v, heads, weight, num_zero=num_zero, device=q.device, dtype=q.dtype)
+        return id_attention_prepared(base, q, select_rows(kv, batch=batch), projection, mask)
+    return _id_attention_backend(base, q, id_k, id_v, heads, weight, projection, mask, attention, num_zero)
 
+
+def _id_attention_backend(base, q, id_k, id_v, heads, weight, projection, mask, attention, num_zero):
+    """The ID attention through a given backend (which needs the zero tokens as real rows)."""
+    batch = q.shape[0]
+    if num_zero:
+        pad = id_k.new_zeros(id_k.shape[0], int(num_zero), id_k.shape[-1])
+        id_k, id_v = torch.cat((id_k, pad), 1), torch.cat((id_v, pad), 1)
+    id_k = id_k.expand(batch, -1, -1).to(device=q.device, dtype=q.dtype)
+    id_v = id_v.expand(batch, -1, -1).to(device=q.device, dtype=q.dtype)
+    ident = attention(q, id_k, id_v, heads)
+    w = weight.reshape(-1, 1, 1).to(q.device) if isinstance(weight, torch.Tensor) else float(weight)
     if projection == "none":
-        term = ident.to(base.dtype)  # added in the UNet dtype, as the authors do
+        term = ident.to(base.dtype)
         out = base
     else:
-        out = base.float()
-        ident = ident.float()
-        energy = (out * out).sum(dim=-2, keepdim=True)
-        # A channel where H is 0 at every token (e.g. a zeroed negative prompt) has nothing to
-        # project onto; the authors' 0/0 would turn the whole image into NaN.
-        coeff = torch.where(energy > 0, (out * ident).sum(dim=-2, keepdim=True) / energy.clamp_min(1e-30), 0.0)
-        proj = coeff * out
+        out, ident = base.float(), ident.float()
+        energy = (out * out).sum(dim=-2, keepdim=True).clamp_min(_TINY)
+        proj = (out * ident).sum(dim=-2, keepdim=True) / energy * out
         if projection == "ortho":
             term = ident - proj
         else:
-            term = ident + (_id_token_mass(q, id_k, heads) - 1.0) * proj
-    term = term * _as_row_factor(weight, term, batch, "weight")
+            logits = _split_heads(q.float(), heads) @ _split_heads(id_k.float(), heads).transpose(-2, -1)
+            mass = logits.softmax(dim=-1).mean(dim=1)[..., :ORTHO_V2_TOKENS].sum(dim=-1, keepdim=True)
+            term = ident + (mass - 1.0) * proj
+    term = term * (w.to(term.dtype) if isinstance(w, torch.Tensor) else w)
     if mask is not None:
-        mask = mask.unsqueeze(-1) if mask.ndim == 2 else mask
-        term = term * _as_row_factor(mask, term, batch, "mask")
+        term = term * _mask4(mask, batch, q.shape[1]).squeeze(-1).to(term.dtype)
     return (out + term).to(base.dtype)
