@@ -46,20 +46,23 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
 class PreparedIDKV(NamedTuple):
     """One layer's ID keys and values laid out for :func:`id_attention_prepared`.
 
-    k_t [B*heads, d, T'] (keys, head-split and transposed); v [B*heads, T', d] (values
-    times the weight); T' = T, or T + 1 when one column stands for the num_zero zero
+    k_t [B*heads, d, T'] (keys times 1/sqrt(d), head-split and transposed); v [B*heads, T', d]
+    (values times the weight); T' = T, or T + 1 when one column stands for the num_zero zero
     tokens (key 0 and value 0; ``bias`` [T'] gives it the logit log(num_zero), so that its
     softmax weight is num_zero * exp(0 - max), as num_zero separate zero tokens would have).
-    ``bias_scaled`` = (1 - scale) * bias: scale * (logits + bias) + bias_scaled puts
-    log(num_zero) in that column of the scaled logits too. B is 1 or the batch.
+    ``mix_scale`` [2, 1] and ``mix_bias`` [2, T'] turn the scaled logits into the unscaled
+    ones (ortho_v2's mass) and the scaled ones, both with the bias, in one pass.
+    ``one``/``tiny``: scalars on the device. B is 1 or the batch.
     """
 
     k_t: torch.Tensor
     v: torch.Tensor
     bias: torch.Tensor | None
-    bias_scaled: torch.Tensor | None
+    mix_scale: torch.Tensor
+    mix_bias: torch.Tensor
+    one: torch.Tensor
+    tiny: torch.Tensor
     heads: int
-    scale: float
 
     @property
     def rows(self) -> int:
@@ -95,8 +98,8 @@ def prepare_id_kv(id_k: torch.Tensor, id_v: torch.Tensor, heads: int, weight, *,
     device = device or id_k.device
     rows, tokens, inner = id_k.shape
     d = inner // heads
-    scale = 1.0 / math.sqrt(d)
-    k = id_k.to(device=device, dtype=dtype).view(rows, tokens, heads, d).permute(0, 2, 3, 1)
+    scale = 1.0 / math.sqrt(d)  # a power of two for SDXL's d = 64: the scaling is exact
+    k = id_k.to(device=device, dtype=dtype).view(rows, tokens, heads, d).permute(0, 2, 3, 1) * scale
     v = id_v.to(device=device, dtype=dtype).view(rows, tokens, heads, d).transpose(1, 2)
     w = _row_weight(weight, rows)
     if isinstance(w, torch.Tensor):
@@ -104,16 +107,21 @@ def prepare_id_kv(id_k: torch.Tensor, id_v: torch.Tensor, heads: int, weight, *,
         if w.shape[0] != rows:
             k = k.expand(w.shape[0], -1, -1, -1)
     v = v * w
-    bias = bias_scaled = None
+    bias = None
+    width = tokens
     if num_zero:
         k = torch.cat([k, k.new_zeros(*k.shape[:3], 1)], dim=3)
         v = torch.cat([v, v.new_zeros(v.shape[0], heads, 1, d)], dim=2)
-        bias = torch.zeros(tokens + 1, device=device, dtype=dtype)
+        width = tokens + 1
+        bias = torch.zeros(width, device=device, dtype=dtype)
         bias[-1] = math.log(num_zero)
-        bias_scaled = bias * (1.0 - scale)
     b = k.shape[0]
-    return PreparedIDKV(k.reshape(b * heads, d, -1).contiguous(), v.reshape(b * heads, -1, d).contiguous(),
-                        bias, bias_scaled, heads, scale)
+    mix_scale = torch.tensor([[1.0 / scale], [1.0]], device=device, dtype=dtype)
+    mix_bias = (bias if bias is not None else torch.zeros(width, device=device, dtype=dtype)).expand(2, -1)
+    return PreparedIDKV(
+        k.reshape(b * heads, d, -1).contiguous(), v.reshape(b * heads, -1, d).contiguous(), bias, mix_scale,
+        mix_bias.contiguous(), torch.ones((), device=device), torch.full((), _TINY, device=device), heads,
+    )
 
 
 def select_rows(kv: PreparedIDKV, rows: torch.Tensor | None = None, batch: int | None = None) -> PreparedIDKV:
@@ -145,35 +153,35 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
         raise PuLIDError(f"ID keys for {kv.rows} rows cannot serve a batch of {batch}.")
     q3 = q.view(batch, n, heads, -1).transpose(1, 2).reshape(batch * heads, n, -1)  # one copy
     if projection == "ortho_v2":
-        # Unscaled logits (the mass) and scaled ones (the attention) from one QK^T.
-        logits = torch.bmm(q3, kv.k_t) if kv.bias is None else torch.baddbmm(kv.bias, q3, kv.k_t)
-        scaled = logits * kv.scale if kv.bias is None else torch.add(kv.bias_scaled, logits, alpha=kv.scale)
+        # [B*h, N, 2, T']: the unscaled logits (for the mass) and the scaled ones (for the
+        # attention), each with the zero tokens' column, softmaxed together.
+        scaled = torch.bmm(q3, kv.k_t)
+        probs = torch.softmax(torch.addcmul(kv.mix_bias, scaled.unsqueeze(-2), kv.mix_scale), dim=-1)
+        attn = probs[..., 1, :]
+        # m - 1 = -(mass of the other tokens): sum over heads and tokens 5.. (1/heads later).
+        rest = probs.view(batch, heads, n, 2, -1)[:, :, :, 0, ORTHO_V2_TOKENS:].sum(dim=(1, 3))
     else:
-        logits = None
-        scaled = (torch.bmm(q3, kv.k_t) * kv.scale if kv.bias is None
-                  else torch.baddbmm(kv.bias, q3, kv.k_t, alpha=kv.scale))
-    ident = torch.bmm(torch.softmax(scaled, dim=-1), kv.v)  # [B*h, N, d], weight folded in
+        scaled = torch.bmm(q3, kv.k_t) if kv.bias is None else torch.baddbmm(kv.bias, q3, kv.k_t)
+        attn = torch.softmax(scaled, dim=-1)
+    ident = torch.bmm(attn, kv.v)  # [B*h, N, d], weight folded in
     ident = ident.view(batch, heads, n, -1).transpose(1, 2)  # [B, N, h, d], a view
     h4 = base.view(batch, n, heads, -1)
 
     if projection == "none":
         # Added in the UNet dtype, as the authors do.
-        ident = ident.to(base.dtype)
-        return _masked(base, torch.add(h4, ident, out=torch.empty_like(h4)).view(batch, n, inner), mask)
+        return _masked(base, torch.add(h4, ident.to(base.dtype), out=torch.empty_like(h4)).view(batch, n, inner), mask)
 
     h32, i32 = h4.float(), ident.float()
-    energy = torch.linalg.vector_norm(h32, dim=1, keepdim=True).square_()  # [B, 1, h, d]
+    norm = torch.linalg.vector_norm(h32, dim=1, keepdim=True)  # [B, 1, h, d]
     # A channel where H is 0 at every token (e.g. a zeroed negative prompt) has nothing to project
-    # onto: its energy and dot product are both 0, and the authors' 0/0 would make the image NaN.
-    coeff = (h32 * i32).sum(dim=1, keepdim=True).div_(energy.clamp_min_(_TINY))  # s <H, I> / |H|^2
+    # onto: its dot product is 0 too, and + tiny turns the authors' 0/0 (NaN) into 0.
+    energy = torch.addcmul(kv.tiny, norm, norm)
+    dot = torch.linalg.vecdot(h32, i32, dim=1).unsqueeze(1)  # s <H, I>
     if projection == "ortho":
-        factor = 1.0 - coeff  # H + s (I - P) = I_s + H (1 - c)
+        factor = torch.addcdiv(kv.one, dot, energy, value=-1.0)  # H + s (I - P) = I_s + H (1 - c)
     else:
-        # H + s (I + (m - 1) P), m = softmax(QK^T) (no scale) summed over the first five ID tokens,
-        # averaged over heads (the 1/heads is the addcmul's value).
-        mass = torch.softmax(logits.float(), dim=-1).view(batch, heads, n, -1)[..., :ORTHO_V2_TOKENS]
-        mass = mass.sum(dim=(1, 3)).view(batch, n, 1, 1)
-        factor = torch.addcmul(1.0 - coeff, mass, coeff, value=1.0 / heads)  # 1 + (m - 1) c
+        # H + s (I + (m - 1) P) = I_s + H (1 + (m - 1) c), m the mean over heads.
+        factor = torch.addcmul(kv.one, rest.view(batch, n, 1, 1), dot.div_(energy), value=-1.0 / heads)
     # Written in H's (token-major) layout; I is a head-major view.
     out = torch.addcmul(i32, h32, factor, out=torch.empty_like(h32))
     return _masked(base, out.view(batch, n, inner).to(base.dtype), mask)
