@@ -107,17 +107,20 @@ def prepare_id_kv(id_k: torch.Tensor, id_v: torch.Tensor, heads: int, weight, *,
         if w.shape[0] != rows:
             k = k.expand(w.shape[0], -1, -1, -1)
     v = v * w
-    bias = None
-    width = tokens
+    # Zero tokens: one column of key 0, value 0 and logit log(num_zero). Then padding columns
+    # (key 0, value 0, logit -inf: softmax weight exactly 0) up to a multiple of 16, because
+    # torch's CPU softmax over fewer than 16 values takes a slow scalar path (about 30x slower).
+    width = tokens + (1 if num_zero else 0)
+    width += -width % 16
+    k = torch.cat([k, k.new_zeros(*k.shape[:3], width - tokens)], dim=3)
+    v = torch.cat([v, v.new_zeros(v.shape[0], heads, width - tokens, d)], dim=2)
+    bias = torch.full((width,), -math.inf, device=device, dtype=dtype)
+    bias[:tokens] = 0.0
     if num_zero:
-        k = torch.cat([k, k.new_zeros(*k.shape[:3], 1)], dim=3)
-        v = torch.cat([v, v.new_zeros(v.shape[0], heads, 1, d)], dim=2)
-        width = tokens + 1
-        bias = torch.zeros(width, device=device, dtype=dtype)
-        bias[-1] = math.log(num_zero)
+        bias[tokens] = math.log(num_zero)
     b = k.shape[0]
     mix_scale = torch.tensor([[1.0 / scale], [1.0]], device=device, dtype=dtype)
-    mix_bias = (bias if bias is not None else torch.zeros(width, device=device, dtype=dtype)).expand(2, -1)
+    mix_bias = bias.expand(2, -1)
     return PreparedIDKV(
         k.reshape(b * heads, d, -1).contiguous(), v.reshape(b * heads, -1, d).contiguous(), bias, mix_scale,
         mix_bias.contiguous(), torch.ones((), device=device), torch.full((), _TINY, device=device), heads,
@@ -156,34 +159,38 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
         # [B*h, N, 2, T']: the unscaled logits (for the mass) and the scaled ones (for the
         # attention), each with the zero tokens' column, softmaxed together.
         scaled = torch.bmm(q3, kv.k_t)
-        probs = torch.softmax(torch.addcmul(kv.mix_bias, scaled.unsqueeze(-2), kv.mix_scale), dim=-1)
+        both = scaled.new_empty(*scaled.shape[:2], 2, scaled.shape[-1])
+        probs = torch.softmax(torch.addcmul(kv.mix_bias, scaled.unsqueeze(-2), kv.mix_scale, out=both), dim=-1)
         attn = probs[..., 1, :]
         # m - 1 = -(mass of the other tokens): sum over heads and tokens 5.. (1/heads later).
         rest = probs.view(batch, heads, n, 2, -1)[:, :, :, 0, ORTHO_V2_TOKENS:].sum(dim=(1, 3))
     else:
-        scaled = torch.bmm(q3, kv.k_t) if kv.bias is None else torch.baddbmm(kv.bias, q3, kv.k_t)
-        attn = torch.softmax(scaled, dim=-1)
+        attn = torch.softmax(torch.baddbmm(kv.bias, q3, kv.k_t), dim=-1)
     ident = torch.bmm(attn, kv.v)  # [B*h, N, d], weight folded in
     ident = ident.view(batch, heads, n, -1).transpose(1, 2)  # [B, N, h, d], a view
     h4 = base.view(batch, n, heads, -1)
 
     if projection == "none":
-        # Added in the UNet dtype, as the authors do.
-        return _masked(base, torch.add(h4, ident.to(base.dtype), out=torch.empty_like(h4)).view(batch, n, inner), mask)
+        # Added in the UNet dtype, as the authors do; written in H's (token-major) layout.
+        out = torch.add(h4, ident.to(base.dtype), out=torch.empty_like(h4))
+        return _masked(base, out.view(batch, n, inner), mask)
+
+    # Token-major like H, so that the passes below run over contiguous memory.
+    ident = ident.contiguous()
 
     h32, i32 = h4.float(), ident.float()
-    norm = torch.linalg.vector_norm(h32, dim=1, keepdim=True)  # [B, 1, h, d]
-    # A channel where H is 0 at every token (e.g. a zeroed negative prompt) has nothing to project
-    # onto: its dot product is 0 too, and + tiny turns the authors' 0/0 (NaN) into 0.
-    energy = torch.addcmul(kv.tiny, norm, norm)
+    # Token sums as product + sum: on the CPU faster than vector_norm over a non-inner dim.
+    energy = torch.linalg.vecdot(h32, h32, dim=1).unsqueeze(1)  # [B, 1, h, d]
     dot = torch.linalg.vecdot(h32, i32, dim=1).unsqueeze(1)  # s <H, I>
+    # A channel where H is 0 at every token (e.g. a zeroed negative prompt) has nothing to project
+    # onto: its dot product is 0 too, and the clamp turns the authors' 0/0 (NaN) into 0.
+    energy = energy.clamp_min_(_TINY)
     if projection == "ortho":
         factor = torch.addcdiv(kv.one, dot, energy, value=-1.0)  # H + s (I - P) = I_s + H (1 - c)
     else:
         # H + s (I + (m - 1) P) = I_s + H (1 + (m - 1) c), m the mean over heads.
         factor = torch.addcmul(kv.one, rest.view(batch, n, 1, 1), dot.div_(energy), value=-1.0 / heads)
-    # Written in H's (token-major) layout; I is a head-major view.
-    out = torch.addcmul(i32, h32, factor, out=torch.empty_like(h32))
+    out = torch.addcmul(i32, h32, factor)
     return _masked(base, out.view(batch, n, inner).to(base.dtype), mask)
 
 

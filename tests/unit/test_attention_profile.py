@@ -37,6 +37,7 @@ NOT_KERNELS = {
     "aten::empty_strided", "aten::result_type", "aten::to", "aten::_to_copy", "aten::clone", "aten::contiguous",
     "aten::matmul", "aten::softmax", "aten::linalg_vecdot", "aten::_reshape_alias", "aten::square",
     "aten::square_", "aten::rsub", "aten::unbind", "aten::split", "aten::chunk", "aten::narrow", "aten::detach_",
+    "aten::new_empty",
 }
 # Host reads of a tensor's value: each blocks on a GPU until its queue drains (on the CPU they are
 # free, so they are caught by name: the profiler for item(), a torch-function mode for the rest).
@@ -106,8 +107,10 @@ def compact_kv(model, mode, weight, rows=2):
     ids = fill(f"input.attn.c640.id_T{tokens}", (2, tokens, 2048))
     k, v = model.id_kv(1, ids)
     kv = prepare_id_kv(k, v, HEADS, weight, num_zero=num_zero)
-    # The matmuls see the ID tokens plus at most one column for all zero tokens.
-    assert kv.k_t.shape[-1] == kv.v.shape[-2] == tokens + (num_zero > 0)
+    # The matmuls see the ID tokens, one column for all zero tokens, and padding to a multiple
+    # of 16 (weight 0; the CPU softmax is slow below 16): 18 -> 16, 26 -> 16, 52 -> 48 columns.
+    width = tokens + (num_zero > 0)
+    assert kv.k_t.shape[-1] == kv.v.shape[-2] == width + (-width % 16)
     return kv
 
 
@@ -150,10 +153,11 @@ def test_large_logits_stay_finite():
     assert torch.isfinite(out).all()
 
 
-# Kernels per call of the ID branch at SDXL's shapes (ComfyUI's own attention not included):
-# the query's head-major copy, one QK^T, one softmax, the attention, then the projection
-# (norm, dot product, factor, result). fidelity = ortho_v2, style = ortho, neutral = none.
-KERNEL_BUDGET = {"ortho_v2": 13, "ortho": 11, "none": 5}
+# Kernels per call of the ID branch (ComfyUI's own attention not included): the query's
+# head-major copy, one QK^T (+ the bias), one softmax, the attention and its token-major copy,
+# then the projection (energy and dot product as product + sum each, the factor, the result).
+# fidelity = ortho_v2, style = ortho, neutral = none.
+KERNEL_BUDGET = {"ortho_v2": 15, "ortho": 13, "none": 6}
 
 
 @pytest.mark.parametrize("projection, num_zero", [("ortho_v2", 8), ("ortho_v2", 20), ("ortho", 16), ("none", 0)])
