@@ -73,8 +73,11 @@ def select_face(
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     if order == "largest":
-        # The official code sorts by area ascending and takes the last one: ties go to the later face.
-        return int(len(areas) - 1 - np.argmax(areas[::-1]))
+        # The official code sorts the faces by their float32 bbox area (insightface's boxes are
+        # float32) ascending and takes the last one: ties, in float32, go to the later face.
+        b32 = boxes.astype(np.float32)
+        areas32 = (b32[:, 2] - b32[:, 0]) * (b32[:, 3] - b32[:, 1])
+        return int(len(areas32) - 1 - np.argmax(areas32[::-1]))
     if order == "center":
         dist = np.linalg.norm(centres - np.array(image_wh, dtype=np.float64) / 2, axis=1)
         return int(np.argmin(dist))
