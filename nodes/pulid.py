@@ -15,6 +15,7 @@ from pulid_core.errors import PuLIDError
 from pulid_core.layers import MODULE_INDEX_BY_COMFY_KEY
 
 from .attn_patch import IDAttnPatch, IDContext
+from .comfy_compat import offload_model
 from .loaders import EvaClipModel, PuLIDAdapter
 from .types import EvaClip, FaceAnalysis, PuLID
 
@@ -107,11 +108,7 @@ def method_settings(version: str, method: str) -> tuple[str, int]:
 # -- encoding ----------------------------------------------------------------------
 def _offload(patcher) -> None:
     """Give a run-once encoder's device memory back right away (ComfyUI would keep it loaded)."""
-    for i, loaded in enumerate(list(mm.current_loaded_models)):
-        if loaded.model is patcher:
-            loaded.model_unload()
-            mm.current_loaded_models.pop(i)
-            break
+    offload_model(patcher)
 
 
 def _previews(prepared) -> torch.Tensor:
