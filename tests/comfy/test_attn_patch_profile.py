@@ -36,7 +36,6 @@ class FixedBase:
 @pytest.fixture(scope="module")
 def adapter(pack, tmp_path_factory):
     from comfy_testpack import stand_ins_pulid as s
-
     from pulid_core import load_pulid
 
     path = tmp_path_factory.mktemp("pulid") / "pulid_v1.safetensors"

@@ -24,7 +24,6 @@ def _loaded(patcher) -> bool:
 
 def test_offload_unloads_only_that_model(pack):
     import comfy.model_management as mm
-
     from comfyui_pulid.nodes.comfy_compat import offload_model
 
     first, second = _patcher(), _patcher()
@@ -38,7 +37,6 @@ def test_offload_unloads_only_that_model(pack):
 
 def test_offload_prefers_the_public_call(pack, monkeypatch):
     import comfy.model_management as mm
-
     from comfyui_pulid.nodes.comfy_compat import offload_model
 
     calls = []
