@@ -10,7 +10,9 @@ The authors append ``num_zero`` zero tokens to the ID tokens. A zero key has log
 and a zero value adds nothing, so those tokens only add ``num_zero * exp(0 - max)`` to
 each softmax denominator; :func:`prepare_id_kv` leaves them out of the matmuls and
 adds one extra logit column of ``log(num_zero)`` instead (the same softmax), and folds
-the weight into the values (the attention is linear in them).
+the weight into the values (the attention is linear in them) and 1/sqrt(d) into the keys.
+Everything that depends only on the Apply is prepared once per layer; a sampling call
+(:func:`id_attention_prepared`) reads nothing back from the device.
 """
 
 from __future__ import annotations
@@ -47,21 +49,22 @@ class PreparedIDKV(NamedTuple):
     """One layer's ID keys and values laid out for :func:`id_attention_prepared`.
 
     k_t [B*heads, d, T'] (keys times 1/sqrt(d), head-split and transposed); v [B*heads, T', d]
-    (values times the weight); T' = T, or T + 1 when one column stands for the num_zero zero
-    tokens (key 0 and value 0; ``bias`` [T'] gives it the logit log(num_zero), so that its
-    softmax weight is num_zero * exp(0 - max), as num_zero separate zero tokens would have).
+    (values times the weight). Columns: the T ID tokens; one column for all num_zero zero
+    tokens if any (key 0, value 0; ``bias`` [T'] gives it the logit log(num_zero), so its
+    softmax weight is num_zero * exp(0 - max), as num_zero separate zero tokens would have);
+    then padding to a multiple of 16 (key 0, value 0, bias -inf: weight exactly 0).
     ``mix_scale`` [2, 1] and ``mix_bias`` [2, T'] turn the scaled logits into the unscaled
     ones (ortho_v2's mass) and the scaled ones, both with the bias, in one pass.
-    ``one``/``tiny``: scalars on the device. B is 1 or the batch.
+    ``one``: 1.0 on the device. B is 1 or the batch. In fp16/bf16, log(num_zero) is rounded
+    to that dtype (the zero tokens' weight is off by at most 0.1 %).
     """
 
     k_t: torch.Tensor
     v: torch.Tensor
-    bias: torch.Tensor | None
+    bias: torch.Tensor
     mix_scale: torch.Tensor
     mix_bias: torch.Tensor
     one: torch.Tensor
-    tiny: torch.Tensor
     heads: int
 
     @property
@@ -123,7 +126,7 @@ def prepare_id_kv(id_k: torch.Tensor, id_v: torch.Tensor, heads: int, weight, *,
     mix_bias = bias.expand(2, -1)
     return PreparedIDKV(
         k.reshape(b * heads, d, -1).contiguous(), v.reshape(b * heads, -1, d).contiguous(), bias, mix_scale,
-        mix_bias.contiguous(), torch.ones((), device=device), torch.full((), _TINY, device=device), heads,
+        mix_bias.contiguous(), torch.ones((), device=device), heads,
     )
 
 
@@ -282,6 +285,4 @@ def _id_attention_backend(base, q, id_k, id_v, heads, weight, projection, mask, 
             mass = logits.softmax(dim=-1).mean(dim=1)[..., :ORTHO_V2_TOKENS].sum(dim=-1, keepdim=True)
             term = ident + (mass - 1.0) * proj
     term = term * (w.to(term.dtype) if isinstance(w, torch.Tensor) else w)
-    if mask is not None:
-        term = term * _mask4(mask, batch, q.shape[1]).squeeze(-1).to(term.dtype)
-    return (out + term).to(base.dtype)
+    return _masked(base, (out + term).to(base.dtype), mask)
