@@ -5,24 +5,34 @@ one ``IDAttnPatch`` per cross-attention layer chains onto whatever occupied that
 layer before (IPAdapter, InstantID, another PuLID). Both are immutable from the
 graph's point of view: cloning a MODEL shares them (``__deepcopy__`` returns
 self), so re-running a graph or changing a downstream node never stacks the ID
-twice. The only state is a cache of each layer's ID keys/values per device and
-dtype, a pure function of the immutable inputs, computed on first use.
+twice. The only state is caches of pure functions of the immutable inputs (each
+layer's ID keys/values per row pattern, device and dtype; the resized mask; the
+last step's sigma gate), filled on first use.
+
+Per patched call the ID branch reads nothing back from the device: the weight is a
+Python float folded into the cached values, the rows of a cond/uncond batch are
+gathered once per pattern, and the sigma range is decided without a read when it
+covers the whole schedule, otherwise once per step.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
-import threading
+import weakref
 
 import torch
 import torch.nn.functional as F
 
-from ..pulid_core.attention import id_attention
+from ..pulid_core.attention import id_attention_prepared, prepare_id_kv, select_rows
+from ..pulid_core.options import check_mask_batch
 
 log = logging.getLogger(__name__)
 
 COND, UNCOND = 0, 1  # ComfyUI's cond_or_uncond values
+# ComfyUI's model_sampling.percent_to_sigma(0.0) returns 999999999.9 ("any sigma").
+_ANY_SIGMA = 999999999.0
 
 
 def _comfy_attention():
@@ -32,7 +42,10 @@ def _comfy_attention():
     return attention.optimized_attention
 
 
+@functools.lru_cache(maxsize=16)
 def _accepts_transformer_options(fn) -> bool:
+    """Whether ComfyUI's attention function takes ``transformer_options`` (newer ComfyUI), resolved once
+    per function object (the backend can be rebound, so the function is the key)."""
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
@@ -43,10 +56,9 @@ def _accepts_transformer_options(fn) -> bool:
 def attention_call(q, k, v, heads, extra_options):
     """ComfyUI's current attention backend, honouring overrides (sage/flash patches)."""
     fn = _comfy_attention()
-    kwargs = {"attn_precision": extra_options.get("attn_precision")}
     if _accepts_transformer_options(fn):
-        kwargs["transformer_options"] = extra_options
-    return fn(q, k, v, heads, **kwargs)
+        return fn(q, k, v, heads, attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options)
+    return fn(q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
 
 
 class IDContext:
@@ -57,7 +69,9 @@ class IDContext:
     """
 
     def __init__(self, adapter, cond_tokens, uncond_tokens, *, weight: float, projection: str, num_zero: int,
-                 sigma_start: float, sigma_end: float, mask: torch.Tensor | None = None):
+                 sigma_start: float, sigma_end: float, mask: torch.Tensor | None = None,
+                 node: str = "Apply PuLID"):
+        self.node = node  # for messages that can only be given at sampling time
         self.adapter = adapter  # comfy ModelPatcher around a pulid_core PuLIDModel
         self.cond_tokens = cond_tokens
         self.uncond_tokens = uncond_tokens
@@ -67,50 +81,85 @@ class IDContext:
         self.sigma_start = float(sigma_start)
         self.sigma_end = float(sigma_end)
         self.mask = mask
+        # The range covers every sigma a schedule can have: no need to look at the step's sigma.
+        self.always_active = self.sigma_end <= 0.0 and self.sigma_start >= _ANY_SIGMA
+        # Caches of pure functions of the fields above. Filling one twice from two threads
+        # computes the same value twice; a dict assignment is atomic, so no lock is needed.
         self._kv: dict = {}
-        self._lock = threading.Lock()
+        self._rows: dict = {}
+        self._masks: dict = {}
+        self._gate: tuple = (None, True)
 
     def active(self, extra_options) -> bool:
+        if self.always_active:
+            return True
         sigmas = extra_options.get("sigmas")
         if sigmas is None:
             return True
+        # One read per step: every layer of a step gets the same sigmas tensor.
+        ref, decision = self._gate
+        if ref is not None and ref() is sigmas:
+            return decision
         sigma = float(sigmas.reshape(-1)[0])
-        return self.sigma_end <= sigma <= self.sigma_start
+        decision = self.sigma_end <= sigma <= self.sigma_start
+        try:
+            self._gate = (weakref.ref(sigmas), decision)
+        except TypeError:
+            pass
+        return decision
 
     def kv(self, module_index: int, device, dtype):
-        """(k, v) each [2, T + num_zero, C]: row COND then row UNCOND, in ``dtype``.
+        """(k, v) each [2, T + num_zero, C]: row COND then row UNCOND, in ``dtype``, zero rows included.
 
         Projected in fp32 as the authors do, then cast to the UNet's dtype.
         """
         key = (module_index, str(device), dtype)
         cached = self._kv.get(key)
         if cached is None:
-            model = self.adapter.model
             tokens = torch.cat([self.cond_tokens, self.uncond_tokens]).to(device=device, dtype=torch.float32)
             with torch.no_grad():
-                k, v = model.id_kv(module_index, tokens, self.num_zero)
-            cached = (k.to(dtype), v.to(dtype))
-            with self._lock:
-                self._kv[key] = cached
+                k, v = self.adapter.model.id_kv(module_index, tokens, self.num_zero)
+            cached = self._kv[key] = (k.to(dtype), v.to(dtype))
+        return cached
+
+    def prepared(self, module_index: int, cond_or_uncond: tuple, per_chunk: int, heads: int, device, dtype):
+        """The layer's ID keys/values laid out for this batch (one row per q row), cached."""
+        key = (module_index, cond_or_uncond, per_chunk, heads, str(device), dtype)
+        cached = self._rows.get(key)
+        if cached is None:
+            k, v = self.kv(module_index, device, dtype)
+            tokens = self.cond_tokens.shape[1]
+            with torch.no_grad():
+                # The zero rows become one bias column (see prepare_id_kv).
+                kv = prepare_id_kv(k[:, :tokens], v[:, :tokens], heads, self.weight, num_zero=self.num_zero)
+                rows = [UNCOND if c == UNCOND else COND for c in cond_or_uncond for _ in range(per_chunk)]
+                cached = self._rows[key] = select_rows(kv, rows=torch.tensor(rows, device=device))
         return cached
 
     def drop_device_caches(self, keep_cpu: bool = True) -> None:
-        with self._lock:
-            self._kv = {k: v for k, v in self._kv.items() if keep_cpu and k[1] == "cpu"}
+        def keep(device: str) -> bool:
+            return keep_cpu and device == "cpu"
+
+        self._kv = {k: v for k, v in self._kv.items() if keep(k[1])}
+        self._rows = {k: v for k, v in self._rows.items() if keep(k[4])}
+        self._masks = {k: v for k, v in self._masks.items() if keep(k[4])}
 
     def mask_rows(self, extra_options, batch_per_chunk: int, chunks: int, device, dtype):
-        """The mask at this layer's exact token grid, [chunks*batch, N, 1], or None."""
+        """The mask at this layer's exact token grid, [chunks*batch, N, 1], or None (cached)."""
         if self.mask is None:
             return None
         _, _, height, width = extra_options["activations_shape"]
-        mask = self.mask.to(device=device, dtype=torch.float32)
-        mask = F.interpolate(mask[:, None], size=(height, width), mode="bilinear", align_corners=False)
-        mask = mask.reshape(mask.shape[0], height * width, 1)
-        if mask.shape[0] == 1:
+        key = (height, width, batch_per_chunk, chunks, str(device), dtype)
+        cached = self._masks.get(key)
+        if cached is None:
+            mask = self.mask.to(device=device, dtype=torch.float32)
+            mask = F.interpolate(mask[:, None], size=(height, width), mode="bilinear", align_corners=False)
+            mask = mask.reshape(mask.shape[0], height * width, 1)
+            # The latent batch is first known here: a mask per image or one for all, never a silent mask[0].
+            check_mask_batch(mask.shape[0], batch_per_chunk, node=self.node)
             mask = mask.expand(batch_per_chunk, -1, -1)
-        elif mask.shape[0] != batch_per_chunk:
-            mask = mask[:1].expand(batch_per_chunk, -1, -1)
-        return mask.repeat(chunks, 1, 1).to(dtype)
+            cached = self._masks[key] = mask.repeat(chunks, 1, 1).to(dtype)
+        return cached
 
 
 class IDAttnPatch:
@@ -130,23 +179,19 @@ class IDAttnPatch:
         ctx = self.context
         if ctx.weight == 0 or not ctx.active(extra_options):
             return base
-        cond_or_uncond = extra_options.get("cond_or_uncond") or [COND]
+        cond_or_uncond = tuple(extra_options.get("cond_or_uncond") or (COND,))
         chunks = len(cond_or_uncond)
         per_chunk = q.shape[0] // chunks
-        id_k, id_v = ctx.kv(self.module_index, q.device, q.dtype)
-        rows = torch.tensor([UNCOND if c == UNCOND else COND for c in cond_or_uncond], device=q.device)
-        rows = rows.repeat_interleave(per_chunk)
+        kv = ctx.prepared(self.module_index, cond_or_uncond, per_chunk, heads, q.device, q.dtype)
         mask = ctx.mask_rows(extra_options, per_chunk, chunks, q.device, q.dtype)
-
-        def attend(q_, k_, v_, heads_):
-            return attention_call(q_, k_, v_, heads_, extra_options)
-
-        return id_attention(base, q, id_k[rows], id_v[rows], heads, ctx.weight, ctx.projection,
-                            mask=mask, attention=attend)
+        return id_attention_prepared(base, q, kv, ctx.projection, mask=mask)
 
     # -- ModelPatcher lifecycle -------------------------------------------------
     def to(self, device_or_dtype):
-        # Dtype casts (possibly fp8 storage dtypes) are ignored: K/V follow q's dtype.
+        # ComfyUI calls this with the UNet's device and then its dtype. The cached K/V are keyed
+        # by the query's device and dtype, so a dtype needs no cast here; moving to the CPU frees
+        # the accelerator copies. The upstream patch is told too (it is shared, so it must move
+        # in place, as ComfyUI's own patches do).
         if isinstance(device_or_dtype, torch.device) and device_or_dtype.type == "cpu":
             self.context.drop_device_caches()
         if self.upstream is not None and hasattr(self.upstream, "to"):

@@ -6,6 +6,7 @@ GPU when they are used and offloads them after; nothing is pinned on the GPU.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import comfy.model_management as mm
@@ -16,6 +17,7 @@ from comfy_api.latest import io
 
 from ..pulid_core.options import ALIGNMENTS, PRECISIONS, PROVIDERS, check_choice
 from . import folders
+from .comfy_compat import offload_model
 from .types import EvaClip, FaceAnalysis, PuLID, check_inputs, display_name
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,22 @@ def load_face_pipeline(provider: str, pack: str, alignment: str):
     # Keypoint alignment needs BiSeNet only, not the RetinaFace weights.
     detection = alignment == "retinaface"
     facexlib = load_facexlib(folders.facexlib_dir(detection=detection), device="cpu", detection=detection)
-    return FacePipeline(analyzer, facexlib, alignment=alignment)
+    # RetinaFace and BiSeNet run on ComfyUI's device (the CPU without a GPU) during the encode
+    # and are offloaded after it, like EVA-CLIP.
+    patchers = [comfy.model_patcher.ModelPatcher(m, load_device=mm.get_torch_device(),
+                                                 offload_device=mm.unet_offload_device())
+                for m in facexlib.modules()]
+
+    @contextlib.contextmanager
+    def on_device():
+        mm.load_models_gpu(patchers, force_full_load=True)
+        try:
+            yield
+        finally:
+            for patcher in patchers:
+                offload_model(patcher)
+
+    return FacePipeline(analyzer, facexlib, alignment=alignment, device_scope=on_device)
 
 
 def _file_combo(key: str) -> list[str]:

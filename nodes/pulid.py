@@ -26,6 +26,7 @@ from ..pulid_core.options import (
     check_mask,
 )
 from .attn_patch import IDAttnPatch, IDContext
+from .comfy_compat import offload_model
 from .loaders import EvaClipModel, PuLIDAdapter, PuLIDEvaClipLoader, PuLIDInsightFaceLoader, PuLIDModelLoader
 from .types import EvaClip, FaceAnalysis, PuLID, check_inputs, display_name
 
@@ -103,11 +104,7 @@ def check_adapter(pulid, node: str) -> PuLIDAdapter:
 # -- encoding ----------------------------------------------------------------------
 def _offload(patcher) -> None:
     """Give a run-once encoder's device memory back right away (ComfyUI would keep it loaded)."""
-    for i, loaded in enumerate(list(mm.current_loaded_models)):
-        if loaded.model is patcher:
-            loaded.model_unload()
-            mm.current_loaded_models.pop(i)
-            break
+    offload_model(patcher)
 
 
 def _previews(prepared) -> torch.Tensor:
@@ -190,7 +187,7 @@ def apply_embeds(model, adapter: PuLIDAdapter, embeds: IDEmbeds, *, node: str, w
     sampling = model.get_model_object("model_sampling")
     context = IDContext(adapter.patcher, embeds.cond, embeds.uncond, weight=weight, projection=projection,
                         num_zero=num_zero, sigma_start=sampling.percent_to_sigma(start_at),
-                        sigma_end=sampling.percent_to_sigma(end_at), mask=mask)
+                        sigma_end=sampling.percent_to_sigma(end_at), mask=mask, node=node)
     patched = model.clone()
     occupants = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for key, index in layers:

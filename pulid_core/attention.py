@@ -4,9 +4,21 @@ The ID tokens get their own attention on the layer's query; the result is added 
 the text attention output H before ``to_out``, optionally with the part parallel
 to H removed ("ortho") or scaled by the attention mass on the first ID tokens
 ("ortho_v2"). Shapes follow ComfyUI's attn2 replace patches: q [B, N, heads*d].
+
+Reference: ToTheBeginning/PuLID ``pulid/attention_processor.py`` (IDAttnProcessor2_0).
+The authors append ``num_zero`` zero tokens to the ID tokens. A zero key has logit 0
+and a zero value adds nothing, so those tokens only add ``num_zero * exp(0 - max)`` to
+each softmax denominator; :func:`prepare_id_kv` leaves them out of the matmuls and
+adds one extra logit column of ``log(num_zero)`` instead (the same softmax), and folds
+the weight into the values (the attention is linear in them) and 1/sqrt(d) into the keys.
+Everything that depends only on the Apply is prepared once per layer; a sampling call
+(:func:`id_attention_prepared`) reads nothing back from the device.
 """
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,22 +45,175 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
     return out.transpose(1, 2).reshape(b, n, inner)
 
 
-def _id_token_mass(q: torch.Tensor, id_k: torch.Tensor, heads: int) -> torch.Tensor:
-    """m [B, N, 1]: softmax(Q K^T) without the 1/sqrt(d) scale, averaged over heads and summed
-    over the first ID tokens. fp32 here; the authors use the UNet dtype (same up to rounding)."""
-    logits = _split_heads(q.float(), heads) @ _split_heads(id_k.float(), heads).transpose(-2, -1)
-    mass = logits.softmax(dim=-1).mean(dim=1)
-    return mass[..., :ORTHO_V2_TOKENS].sum(dim=-1, keepdim=True)
+class PreparedIDKV(NamedTuple):
+    """One layer's ID keys and values laid out for :func:`id_attention_prepared`.
+
+    k_t [B*heads, d, T'] (keys times 1/sqrt(d), head-split and transposed); v [B*heads, T', d]
+    (values times the weight). Columns: the T ID tokens; one column for all num_zero zero
+    tokens if any (key 0, value 0; ``bias`` [T'] gives it the logit log(num_zero), so its
+    softmax weight is num_zero * exp(0 - max), as num_zero separate zero tokens would have);
+    then padding to a multiple of 16 (key 0, value 0, bias -inf: weight exactly 0).
+    ``mix_scale`` [2, 1] and ``mix_bias`` [2, T'] turn the scaled logits into the unscaled
+    ones (ortho_v2's mass) and the scaled ones, both with the bias, in one pass.
+    ``one``: 1.0 on the device. B is 1 or the batch. In fp16/bf16, log(num_zero) is rounded
+    to that dtype (the zero tokens' weight is off by at most 0.1 %).
+    """
+
+    k_t: torch.Tensor
+    v: torch.Tensor
+    bias: torch.Tensor
+    mix_scale: torch.Tensor
+    mix_bias: torch.Tensor
+    one: torch.Tensor
+    heads: int
+
+    @property
+    def rows(self) -> int:
+        return self.k_t.shape[0] // self.heads
 
 
-def _as_row_factor(value, like: torch.Tensor, batch: int, what: str) -> torch.Tensor:
-    """A float or per-row tensor as something that broadcasts against [B, N, C]."""
-    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    if t.ndim == 1 and t.numel() == batch and batch > 1:
-        t = t.view(batch, 1, 1)
-    if t.ndim > 3:
-        raise PuLIDError(f"{what} must broadcast to [batch, 1, 1]; got shape {tuple(t.shape)}.")
-    return t
+def _row_weight(weight, rows: int) -> torch.Tensor | float:
+    """A float, or a tensor of 1 or ``rows`` per-row weights shaped [rows or 1, 1, 1, 1]."""
+    if not isinstance(weight, torch.Tensor):
+        return float(weight)
+    if weight.numel() not in (1, rows) or weight.ndim > 3 or (weight.numel() > 1 and weight.shape[0] != rows):
+        raise PuLIDError(f"weight must be a float or one value per batch row; got shape {tuple(weight.shape)}.")
+    return weight.reshape(-1, 1, 1, 1)
+
+
+def prepare_id_kv(id_k: torch.Tensor, id_v: torch.Tensor, heads: int, weight, *, num_zero: int = 0,
+                  device=None, dtype=None) -> PreparedIDKV:
+    """Lay out ID keys/values [B or 1, T, heads*d] once per layer (a function of the Apply alone).
+
+    ``num_zero`` zero tokens are implied after the T given ones (zero rows passed explicitly
+    simply take part in the matmuls, with the same result). The weight (a float, or a
+    tensor of 1 or B per-row values) is folded into the values. Result in ``dtype``
+    (default the keys' dtype) on ``device``.
+    """
+    if id_k.shape != id_v.shape or id_k.ndim != 3 or id_k.shape[-1] % heads:
+        raise PuLIDError(
+            f"ID keys {tuple(id_k.shape)} and values {tuple(id_v.shape)} must be equal [batch, tokens, "
+            f"heads*d] with {heads} heads."
+        )
+    if int(num_zero) != num_zero or num_zero < 0:
+        raise PuLIDError(f"num_zero must be a whole number >= 0; got {num_zero!r}.")
+    dtype = dtype or id_k.dtype
+    device = device or id_k.device
+    rows, tokens, inner = id_k.shape
+    d = inner // heads
+    scale = 1.0 / math.sqrt(d)  # a power of two for SDXL's d = 64: the scaling is exact
+    k = id_k.to(device=device, dtype=dtype).view(rows, tokens, heads, d).permute(0, 2, 3, 1) * scale
+    v = id_v.to(device=device, dtype=dtype).view(rows, tokens, heads, d).transpose(1, 2)
+    w = _row_weight(weight, rows)
+    if isinstance(w, torch.Tensor):
+        w = w.to(device=device, dtype=dtype)
+        if w.shape[0] != rows:
+            k = k.expand(w.shape[0], -1, -1, -1)
+    v = v * w
+    # Zero tokens: one column of key 0, value 0 and logit log(num_zero). Then padding columns
+    # (key 0, value 0, logit -inf: softmax weight exactly 0) up to a multiple of 16, because
+    # torch's CPU softmax over fewer than 16 values takes a slow scalar path (about 30x slower).
+    width = tokens + (1 if num_zero else 0)
+    width += -width % 16
+    k = torch.cat([k, k.new_zeros(*k.shape[:3], width - tokens)], dim=3)
+    v = torch.cat([v, v.new_zeros(v.shape[0], heads, width - tokens, d)], dim=2)
+    bias = torch.full((width,), -math.inf, device=device, dtype=dtype)
+    bias[:tokens] = 0.0
+    if num_zero:
+        bias[tokens] = math.log(num_zero)
+    b = k.shape[0]
+    mix_scale = torch.tensor([[1.0 / scale], [1.0]], device=device, dtype=dtype)
+    mix_bias = bias.expand(2, -1)
+    return PreparedIDKV(
+        k.reshape(b * heads, d, -1).contiguous(), v.reshape(b * heads, -1, d).contiguous(), bias, mix_scale,
+        mix_bias.contiguous(), torch.ones((), device=device), heads,
+    )
+
+
+def select_rows(kv: PreparedIDKV, rows: torch.Tensor | None = None, batch: int | None = None) -> PreparedIDKV:
+    """The keys/values of rows ``rows`` (a LongTensor of row indices), or of one row
+    broadcast to ``batch`` rows; contiguous, ready for a batch."""
+    heads = kv.heads
+    k = kv.k_t.view(kv.rows, heads, *kv.k_t.shape[1:])
+    v = kv.v.view(kv.rows, heads, *kv.v.shape[1:])
+    if rows is not None:
+        k, v = k[rows], v[rows]
+    elif batch is not None and k.shape[0] != batch:
+        k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
+    return kv._replace(k_t=k.reshape(-1, *k.shape[2:]).contiguous(), v=v.reshape(-1, *v.shape[2:]).contiguous())
+
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV, projection: str,
+                          mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``base`` plus the ID term, with keys/values from :func:`prepare_id_kv` (one row per q row).
+
+    The ID attention runs in q's dtype, the projection in fp32 as the authors do. No host-device
+    synchronisation; one QK^T serves the ID attention and ortho_v2's mass.
+    """
+    batch, n, inner = q.shape
+    heads = kv.heads
+    if kv.rows != batch:
+        raise PuLIDError(f"ID keys for {kv.rows} rows cannot serve a batch of {batch}.")
+    q3 = q.view(batch, n, heads, -1).transpose(1, 2).reshape(batch * heads, n, -1)  # one copy
+    if projection == "ortho_v2":
+        # [B*h, N, 2, T']: the unscaled logits (for the mass) and the scaled ones (for the
+        # attention), each with the zero tokens' column, softmaxed together.
+        scaled = torch.bmm(q3, kv.k_t)
+        both = scaled.new_empty(*scaled.shape[:2], 2, scaled.shape[-1])
+        probs = torch.softmax(torch.addcmul(kv.mix_bias, scaled.unsqueeze(-2), kv.mix_scale, out=both), dim=-1)
+        attn = probs[..., 1, :]
+        # m - 1 = -(mass of the other tokens): sum over heads and tokens 5.. (1/heads later).
+        rest = probs.view(batch, heads, n, 2, -1)[:, :, :, 0, ORTHO_V2_TOKENS:].sum(dim=(1, 3))
+    else:
+        attn = torch.softmax(torch.baddbmm(kv.bias, q3, kv.k_t), dim=-1)
+    ident = torch.bmm(attn, kv.v)  # [B*h, N, d], weight folded in
+    ident = ident.view(batch, heads, n, -1).transpose(1, 2)  # [B, N, h, d], a view
+    h4 = base.view(batch, n, heads, -1)
+
+    if projection == "none":
+        # Added in the UNet dtype, as the authors do; written in H's (token-major) layout.
+        out = torch.add(h4, ident.to(base.dtype), out=torch.empty_like(h4))
+        return _masked(base, out.view(batch, n, inner), mask)
+
+    # Token-major like H, so that the passes below run over contiguous memory.
+    ident = ident.contiguous()
+
+    h32, i32 = h4.float(), ident.float()
+    # Token sums as product + sum: on the CPU faster than vector_norm over a non-inner dim.
+    energy = torch.linalg.vecdot(h32, h32, dim=1).unsqueeze(1)  # [B, 1, h, d]
+    dot = torch.linalg.vecdot(h32, i32, dim=1).unsqueeze(1)  # s <H, I>
+    # A channel where H is 0 at every token (e.g. a zeroed negative prompt) has nothing to project
+    # onto: its dot product is 0 too, and the clamp turns the authors' 0/0 (NaN) into 0.
+    energy = energy.clamp_min_(_TINY)
+    if projection == "ortho":
+        factor = torch.addcdiv(kv.one, dot, energy, value=-1.0)  # H + s (I - P) = I_s + H (1 - c)
+    else:
+        # H + s (I + (m - 1) P) = I_s + H (1 + (m - 1) c), m the mean over heads.
+        factor = torch.addcmul(kv.one, rest.view(batch, n, 1, 1), dot.div_(energy), value=-1.0 / heads)
+    out = torch.addcmul(i32, h32, factor)
+    return _masked(base, out.view(batch, n, inner).to(base.dtype), mask)
+
+
+def _masked(base: torch.Tensor, full: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """base + mask * (full - base): exactly ``full`` where the mask is 1 and ``base`` where it is 0."""
+    if mask is None:
+        return full
+    return torch.lerp(base, full, _mask4(mask, base.shape[0], base.shape[1]).squeeze(-1).to(base.dtype))
+
+
+def _mask4(mask: torch.Tensor, batch: int, n: int) -> torch.Tensor:
+    """A mask broadcastable to [B, N, 1] (or [B, N]) as [B or 1, N or 1, 1, 1]."""
+    m = mask.unsqueeze(-1) if mask.ndim == 2 else mask
+    if m.ndim == 1 and m.numel() == batch and batch > 1:
+        m = m.view(batch, 1, 1)
+    if m.ndim > 3 or m.shape[-1] != 1:
+        raise PuLIDError(f"mask must broadcast to [batch, tokens, 1]; got shape {tuple(mask.shape)}.")
+    while m.ndim < 3:
+        m = m.unsqueeze(0)
+    return m.unsqueeze(-1)
 
 
 def id_attention(
@@ -62,17 +227,19 @@ def id_attention(
     *,
     mask: torch.Tensor | None = None,
     attention=None,
+    num_zero: int = 0,
 ) -> torch.Tensor:
     """``base`` plus PuLID's ID term, before to_out.
 
     base: text cross-attention output H [B, N, heads*d]; q: the layer's (unscaled) query,
     same shape; id_k/id_v: [B or 1, T', heads*d] from ``PuLIDModel.id_kv`` (zero rows
-    included). weight: id_scale, a float or a tensor broadcastable to [B, 1, 1] (a 1-D
-    tensor of length B is taken per row). projection: "none" (H + s*I), "ortho"
+    included, or left out and counted in ``num_zero``). weight: id_scale, a float or a
+    tensor of 1 or B per-row values. projection: "none" (H + s*I), "ortho"
     (H + s*(I - P)) or "ortho_v2" (H + s*(I + (m - 1)*P)), P being I projected onto H
     over the token axis per channel. mask: broadcastable to [B, N, 1] (or [B, N]),
     multiplies the ID term. attention: ``(q, k, v, heads) -> out`` in the same shape
-    convention (ComfyUI's optimized_attention); default torch SDPA.
+    convention (e.g. ComfyUI's optimized_attention) for the ID attention, given the
+    zero rows explicitly; default: this module's own attention, which shares ortho_v2's QK^T.
     Returns base's dtype.
     """
     if projection not in PROJECTIONS:
@@ -84,32 +251,38 @@ def id_attention(
             f"id_k {tuple(id_k.shape)}, id_v {tuple(id_v.shape)}, heads {heads}. The adapter's layer "
             "widths must match the model's (PuLID is for SDXL)."
         )
-    if id_k.shape[0] != batch:
-        if id_k.shape[0] != 1:
-            raise PuLIDError(f"ID keys for {id_k.shape[0]} rows cannot serve a batch of {batch}.")
-        id_k, id_v = id_k.expand(batch, -1, -1), id_v.expand(batch, -1, -1)
-    # The authors cast the ID keys/values to the query's dtype before attending.
-    id_k = id_k.to(device=q.device, dtype=q.dtype)
-    id_v = id_v.to(device=q.device, dtype=q.dtype)
-    ident = (attention or sdpa_attention)(q, id_k, id_v, heads)
+    if id_k.shape[0] != batch and id_k.shape[0] != 1:
+        raise PuLIDError(f"ID keys for {id_k.shape[0]} rows cannot serve a batch of {batch}.")
+    if isinstance(weight, (int, float)) and weight == 0:
+        return base.clone()
+    if attention is None:
+        kv = prepare_id_kv(id_k, id_v, heads, weight, num_zero=num_zero, device=q.device, dtype=q.dtype)
+        return id_attention_prepared(base, q, select_rows(kv, batch=batch), projection, mask)
+    return _id_attention_backend(base, q, id_k, id_v, heads, weight, projection, mask, attention, num_zero)
 
+
+def _id_attention_backend(base, q, id_k, id_v, heads, weight, projection, mask, attention, num_zero):
+    """The ID attention through a given backend (which needs the zero tokens as real rows)."""
+    batch = q.shape[0]
+    if num_zero:
+        pad = id_k.new_zeros(id_k.shape[0], int(num_zero), id_k.shape[-1])
+        id_k, id_v = torch.cat((id_k, pad), 1), torch.cat((id_v, pad), 1)
+    id_k = id_k.expand(batch, -1, -1).to(device=q.device, dtype=q.dtype)
+    id_v = id_v.expand(batch, -1, -1).to(device=q.device, dtype=q.dtype)
+    ident = attention(q, id_k, id_v, heads)
+    w = weight.reshape(-1, 1, 1).to(q.device) if isinstance(weight, torch.Tensor) else float(weight)
     if projection == "none":
-        term = ident.to(base.dtype)  # added in the UNet dtype, as the authors do
+        term = ident.to(base.dtype)
         out = base
     else:
-        out = base.float()
-        ident = ident.float()
-        energy = (out * out).sum(dim=-2, keepdim=True)
-        # A channel where H is 0 at every token (e.g. a zeroed negative prompt) has nothing to
-        # project onto; the authors' 0/0 would turn the whole image into NaN.
-        coeff = torch.where(energy > 0, (out * ident).sum(dim=-2, keepdim=True) / energy.clamp_min(1e-30), 0.0)
-        proj = coeff * out
+        out, ident = base.float(), ident.float()
+        energy = (out * out).sum(dim=-2, keepdim=True).clamp_min(_TINY)
+        proj = (out * ident).sum(dim=-2, keepdim=True) / energy * out
         if projection == "ortho":
             term = ident - proj
         else:
-            term = ident + (_id_token_mass(q, id_k, heads) - 1.0) * proj
-    term = term * _as_row_factor(weight, term, batch, "weight")
-    if mask is not None:
-        mask = mask.unsqueeze(-1) if mask.ndim == 2 else mask
-        term = term * _as_row_factor(mask, term, batch, "mask")
-    return (out + term).to(base.dtype)
+            logits = _split_heads(q.float(), heads) @ _split_heads(id_k.float(), heads).transpose(-2, -1)
+            mass = logits.softmax(dim=-1).mean(dim=1)[..., :ORTHO_V2_TOKENS].sum(dim=-1, keepdim=True)
+            term = ident + (mass - 1.0) * proj
+    term = term * (w.to(term.dtype) if isinstance(w, torch.Tensor) else w)
+    return _masked(base, (out + term).to(base.dtype), mask)

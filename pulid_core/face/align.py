@@ -27,10 +27,10 @@ FFHQ_TEMPLATE_512 = np.array(
 )
 FFHQ_BORDER_BGR = (135, 133, 132)
 
-# insightface's ArcFace 112x112 template (face_align.arcface_dst).
+# insightface's ArcFace 112x112 template (face_align.arcface_dst), float32 as insightface stores it.
 ARCFACE_TEMPLATE_112 = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    dtype=np.float64,
+    dtype=np.float32,
 )
 
 # CelebAMask-HQ labels PuLID paints white: background, ears, earring, neck, necklace, cloth, hat.
@@ -81,33 +81,42 @@ def align_ffhq(image_bgr: np.ndarray, landmarks5, size: int = FFHQ_SIZE) -> tupl
 
 
 def similarity_umeyama(src, dst) -> np.ndarray:
-    """Least-squares similarity transform src -> dst (Umeyama 1991), as a [2, 3] matrix.
+    """Least-squares similarity transform src -> dst (Umeyama 1991, eqs. 38-43), as a [2, 3] float64 matrix.
 
-    insightface's ``norm_crop`` uses skimage's SimilarityTransform, which solves
-    the same problem in closed form; this keeps skimage out of the dependencies.
+    The arithmetic follows scikit-image's ``SimilarityTransform.estimate`` (what insightface's
+    ``norm_crop`` calls) step for step, in the inputs' precision: with float32 landmarks and
+    template, as insightface passes them, means, covariance and SVD are float32 and only the
+    assembly of the matrix is float64. The crop then equals insightface's to the pixel.
     """
-    src = np.asarray(src, dtype=np.float64).reshape(-1, 2)
-    dst = np.asarray(dst, dtype=np.float64).reshape(-1, 2)
+    src = np.asarray(src)
+    dst = np.asarray(dst)
+    if not np.issubdtype(src.dtype, np.floating):
+        src = src.astype(np.float64)
+    if not np.issubdtype(dst.dtype, np.floating):
+        dst = dst.astype(np.float64)
+    src, dst = src.reshape(-1, 2), dst.reshape(-1, 2)
     n = src.shape[0]
-    src_mean, dst_mean = src.mean(0), dst.mean(0)
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
     src_c, dst_c = src - src_mean, dst - dst_mean
-    cov = dst_c.T @ src_c / n
-    u, sing, vt = np.linalg.svd(cov)
-    d = np.ones(2)
+    cov = dst_c.T @ src_c / n  # eq. 38
+    signs = np.ones(2, dtype=np.float64)  # eq. 39
     if np.linalg.det(cov) < 0:
-        d[1] = -1.0
-    if np.linalg.matrix_rank(cov) < 2:
+        signs[1] = -1.0
+    u, sing, vt = np.linalg.svd(cov)
+    # The rank from the singular values, with numpy's matrix_rank tolerance in float64 epsilon.
+    if np.count_nonzero(sing > sing.max() * 2 * np.finfo(float).eps) < 2:
         raise PuLIDError("Could not align the face: its five landmarks are collinear or identical.")
-    rot = u @ np.diag(d) @ vt
-    scale = (sing @ d) / src_c.var(0).sum()
-    out = np.empty((2, 3))
-    out[:, :2] = scale * rot
-    out[:, 2] = dst_mean - scale * rot @ src_mean
+    rot = u @ np.diag(signs) @ vt  # eqs. 40, 43 (float64 from here on)
+    scale = 1.0 / src_c.var(axis=0).sum() * (sing @ signs)  # eqs. 41, 42
+    out = np.empty((2, 3), dtype=np.float64)
+    out[:, 2] = dst_mean - scale * (rot @ src_mean.T)
+    out[:, :2] = rot * scale
     return out
 
 
 def arcface_crop(image_bgr: np.ndarray, kps, size: int = 112) -> np.ndarray:
-    """insightface ``norm_crop``: the 'arcface' template scaled to ``size``, black border."""
+    """insightface 0.7.3 ``norm_crop``: the float32 'arcface' template scaled to ``size``, float32
+    landmarks, black border."""
     if size % 112 == 0:
         ratio, shift = size / 112.0, 0.0
     elif size % 128 == 0:
@@ -116,9 +125,9 @@ def arcface_crop(image_bgr: np.ndarray, kps, size: int = 112) -> np.ndarray:
         raise PuLIDError(
             f"A recognition model input of {size}px is not supported (needs a multiple of 112 or 128)."
         )
-    dst = ARCFACE_TEMPLATE_112 * ratio
+    dst = ARCFACE_TEMPLATE_112 * ratio  # stays float32, as in insightface's estimate_norm
     dst[:, 0] += shift
-    matrix = similarity_umeyama(_landmarks5(kps), dst)
+    matrix = similarity_umeyama(_landmarks5(kps).astype(np.float32), dst)
     return cv2.warpAffine(np.ascontiguousarray(image_bgr), matrix, (size, size), borderValue=0.0)
 
 

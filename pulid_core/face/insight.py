@@ -269,7 +269,10 @@ class SCRFD:
         score = np.concatenate(scores)
         if score.size == 0:
             return np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)
-        order = np.argsort(-score, kind="stable")
+        # insightface 0.7.3 (scrfd.py detect): argsort()[::-1] with numpy's default (unstable)
+        # sort, then NMS sorts again the same way; equal scores end up in that order, not in a
+        # stable one (insightface 2.x), and a different box can survive NMS.
+        order = score.argsort()[::-1]
         dets = np.hstack([np.concatenate(boxes) / scale, score[:, None]]).astype(np.float32)[order]
         kps = (np.concatenate(points) / scale).astype(np.float32)[order]
         keep = nms(dets, self.nms_thresh)
@@ -285,10 +288,11 @@ class SCRFD:
 
 
 def nms(dets: np.ndarray, thresh: float) -> list[int]:
-    """Greedy NMS with insightface's '+1' pixel areas; ``dets`` already sorted by score."""
+    """Greedy NMS as insightface 0.7.3's SCRFD.nms: '+1' pixel areas, and its own
+    ``scores.argsort()[::-1]`` order (on dets already sorted the same way)."""
     x1, y1, x2, y2 = dets[:, 0], dets[:, 1], dets[:, 2], dets[:, 3]
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.arange(len(dets))
+    order = dets[:, 4].argsort()[::-1]
     keep = []
     while order.size:
         i = order[0]

@@ -8,6 +8,7 @@ same face (best box overlap) supplies the alignment landmarks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,8 +74,11 @@ def select_face(
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     if order == "largest":
-        # The official code sorts by area ascending and takes the last one: ties go to the later face.
-        return int(len(areas) - 1 - np.argmax(areas[::-1]))
+        # The official code sorts the faces by their float32 bbox area (insightface's boxes are
+        # float32) ascending and takes the last one: ties, in float32, go to the later face.
+        b32 = boxes.astype(np.float32)
+        areas32 = (b32[:, 2] - b32[:, 0]) * (b32[:, 3] - b32[:, 1])
+        return int(len(areas32) - 1 - np.argmax(areas32[::-1]))
     if order == "center":
         dist = np.linalg.norm(centres - np.array(image_wh, dtype=np.float64) / 2, axis=1)
         return int(np.argmin(dist))
@@ -109,7 +113,11 @@ class FacePipeline:
     embedding and a keypoint-aligned crop are produced (enough for PhotoMaker v2).
     """
 
-    def __init__(self, analyzer, facexlib=None, alignment: str = "retinaface", eva_size: int = EVA_SIZE):
+    def __init__(self, analyzer, facexlib=None, alignment: str = "retinaface", eva_size: int = EVA_SIZE,
+                 device_scope: Callable[[], contextlib.AbstractContextManager] | None = None):
+        """``device_scope()``: a context manager during which the facexlib models are on their
+        compute device (the nodes load them through ComfyUI's model management and offload
+        them after); by default they stay where they are."""
         if alignment not in ALIGNMENTS:
             raise PuLIDError(f"Unknown face alignment {alignment!r}; use 'retinaface' or 'insightface'.")
         if alignment == "retinaface" and facexlib is None:
@@ -119,6 +127,7 @@ class FacePipeline:
             )
         self.analyzer, self.facexlib = analyzer, facexlib
         self.alignment, self.eva_size = alignment, eva_size
+        self.device_scope = device_scope or contextlib.nullcontext
 
     def prepare(self, image, selection="largest", index: int | None = None) -> PreparedFace:
         """One image (ComfyUI float [H, W, C] or uint8 RGB) -> the selected face's ``PreparedFace``.
@@ -203,17 +212,18 @@ class FacePipeline:
         if not items:
             raise PuLIDError("No reference images were given.")
         prepared = []
-        for i, image in enumerate(items):
-            if should_cancel is not None and should_cancel():
-                raise FaceCancelled(f"Face preprocessing cancelled after {i} of {len(items)} images.")
-            try:
-                prepared.append(self.prepare(image, selection, index=i))
-            except FaceNotFoundError as exc:
-                if on_no_face == "error":
-                    raise
-                log.warning("Skipping reference image %d: %s", i, exc)
-            if progress is not None:
-                progress(i + 1, len(items))
+        with self.device_scope():
+            for i, image in enumerate(items):
+                if should_cancel is not None and should_cancel():
+                    raise FaceCancelled(f"Face preprocessing cancelled after {i} of {len(items)} images.")
+                try:
+                    prepared.append(self.prepare(image, selection, index=i))
+                except FaceNotFoundError as exc:
+                    if on_no_face == "error":
+                        raise
+                    log.warning("Skipping reference image %d: %s", i, exc)
+                if progress is not None:
+                    progress(i + 1, len(items))
         if not prepared:
             raise FaceNotFoundError(
                 f"No face found in any of the {len(items)} reference image{'s' if len(items) != 1 else ''}. "

@@ -32,17 +32,41 @@ RETINAFACE_CONF = 0.97
 
 
 class FaceXLib:
-    """RetinaFace (5 landmarks) + BiSeNet (19 CelebAMask-HQ classes), built once."""
+    """RetinaFace (5 landmarks) + BiSeNet (19 CelebAMask-HQ classes), built once.
+
+    The two are plain ``nn.Module``s (:meth:`modules`): whoever manages devices (ComfyUI's
+    model management in the nodes) may move them; every call runs where their weights are.
+    """
 
     def __init__(self, detector, parser, device, folder: str):
         self.detector, self.parser = detector, parser
-        self.device, self.folder = torch.device(device), folder
+        self.folder = folder
+        self._means: dict = {}
+        if detector is not None:
+            self._sync_detector(torch.device(device))
+
+    def modules(self) -> list:
+        """The torch modules, for a device manager to load and offload."""
+        return [m for m in (self.detector, self.parser) if m is not None]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parser.parameters()).device
+
+    def _sync_detector(self, device: torch.device) -> None:
+        # RetinaFace keeps its device and BGR mean as plain attributes, not buffers: follow the weights.
+        if getattr(self.detector, "device", None) != device or device not in self._means:
+            if device not in self._means:
+                self._means[device] = torch.tensor([104.0, 117.0, 123.0], device=device).view(1, 3, 1, 1)
+            self.detector.device = device
+            self.detector.mean_tensor = self._means[device]
 
     @torch.inference_mode()
     def landmarks(self, image_bgr: np.ndarray, conf_threshold: float = RETINAFACE_CONF) -> list:
         """-> [(bbox [4], kps5 [5, 2], score)] sorted by score, RetinaFace at the original size."""
         if self.detector is None:
             raise PuLIDError("RetinaFace was not loaded (keypoint alignment only): load facexlib with detection.")
+        self._sync_detector(next(self.detector.parameters()).device)
         rows = self.detector.detect_faces(np.ascontiguousarray(image_bgr), conf_threshold)
         return [
             (r[:4].astype(np.float32), r[5:15].reshape(5, 2).astype(np.float32), float(r[4])) for r in rows
@@ -51,10 +75,11 @@ class FaceXLib:
     @torch.inference_mode()
     def parse(self, crop_bgr: np.ndarray) -> np.ndarray:
         """BiSeNet argmax [H, W] uint8 of an aligned BGR crop (RGB, ImageNet-normalised input)."""
+        device = self.device
         rgb = np.ascontiguousarray(crop_bgr[:, :, ::-1]).astype(np.float32) / 255.0
-        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(self.device)
-        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device)
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         out = self.parser((x - mean) / std)[0]
         return out.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
 
@@ -124,9 +149,6 @@ def load_facexlib(folder, device="cpu", detection: bool = True) -> FaceXLib:
         parser = BiSeNet(num_class=19)
     if detection:
         detector = _load_into(detector, det_path, "a RetinaFace-ResNet50 detector").to(device).eval()
-        # RetinaFace keeps its device and BGR mean as plain attributes, not buffers.
-        detector.device = device
-        detector.mean_tensor = torch.tensor([104.0, 117.0, 123.0], device=device).view(1, 3, 1, 1)
     else:
         detector = None
     parser = _load_into(parser, parse_path, "a BiSeNet face-parsing model").to(device).eval()

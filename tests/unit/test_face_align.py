@@ -93,8 +93,11 @@ def test_umeyama_and_arcface_crop_match_known_similarity():
     inv = np.linalg.inv(np.vstack([fwd, [0, 0, 1]]))[:2]
     np.testing.assert_allclose(similarity_umeyama(kps, ARCFACE_112), inv, atol=1e-9)
     image = np.random.default_rng(2).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    # insightface solves from float32 landmarks and template (see test_insightface_exact.py).
+    solved32 = similarity_umeyama(kps.astype(np.float32), ARCFACE_112.astype(np.float32))
+    np.testing.assert_allclose(solved32, inv, atol=1e-3)
     np.testing.assert_array_equal(
-        arcface_crop(image, kps), cv2.warpAffine(image, inv, (112, 112), borderValue=0.0)
+        arcface_crop(image, kps), cv2.warpAffine(image, solved32, (112, 112), borderValue=0.0)
     )
     # 128-multiple inputs use the template scaled by size/128 and shifted 8 px (insightface's rule)
     dst = ARCFACE_112 * 2 + [16, 0]

@@ -1,0 +1,143 @@
+"""The attn2 patch's per-call cost inside ComfyUI: after the first call of a layer, a patched call
+adds the ID branch's kernels only (no per-call uploads, gathers or casts) and reads nothing back
+from the device; the sigma gate costs no read when the range is the whole schedule and one read
+per step otherwise."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tests.unit.test_attention_profile import KERNEL_BUDGET, count_ops
+
+HEADS, WIDTH, TOKENS = 4, 64, 64
+
+
+class FixedBase:
+    """An upstream patch returning a fixed text-attention output, so only the ID branch is counted."""
+
+    def __init__(self, base):
+        self.base = base
+        self.moved = []
+
+    def __call__(self, q, k, v, extra_options):
+        return self.base
+
+    def to(self, device_or_dtype):
+        self.moved.append(device_or_dtype)
+        return self
+
+    def models(self):
+        return ["upstream-model"]
+
+
+@pytest.fixture(scope="module")
+def adapter(pack, tmp_path_factory):
+    from comfy_testpack import stand_ins_pulid as s
+    from pulid_core import load_pulid
+
+    path = tmp_path_factory.mktemp("pulid") / "pulid_v1.safetensors"
+    s.write_tiny_pulid(path)
+    model = load_pulid(str(path))
+
+    class Holder:  # what IDContext uses of a ModelPatcher
+        pass
+
+    holder = Holder()
+    holder.model = model
+    return holder
+
+
+def make_patch(adapter, projection="ortho_v2", num_zero=8, sigma_start=999999999.9, sigma_end=0.0, weight=0.8):
+    from comfyui_pulid.nodes.attn_patch import IDAttnPatch, IDContext
+
+    gen = torch.Generator().manual_seed(5)
+    dim = adapter.model.context_dim
+    ctx = IDContext(adapter, torch.randn(1, 10, dim, generator=gen), torch.randn(1, 10, dim, generator=gen),
+                    weight=weight, projection=projection, num_zero=num_zero, sigma_start=sigma_start,
+                    sigma_end=sigma_end)
+    base = torch.randn(2, TOKENS, WIDTH, generator=gen)
+    return IDAttnPatch(ctx, 1, upstream=FixedBase(base)), base
+
+
+def extra(sigmas=None):
+    return {"n_heads": HEADS, "dim_head": WIDTH // HEADS, "cond_or_uncond": [1, 0],
+            "sigmas": torch.tensor([3.0]) if sigmas is None else sigmas,
+            "activations_shape": [2, WIDTH, 8, 8]}
+
+
+@pytest.mark.parametrize("projection, num_zero", [("ortho_v2", 8), ("ortho", 16), ("none", 0)])
+def test_patched_call_adds_only_the_id_branch(adapter, projection, num_zero):
+    patch, _ = make_patch(adapter, projection, num_zero)
+    q = torch.randn(2, TOKENS, WIDTH)
+    eo = extra()
+    patch(q, q, q, eo)  # fills the layer's cache
+    kernels, syncs, names = count_ops(lambda: patch(q, q, q, eo))
+    assert syncs == 0, names
+    assert kernels <= KERNEL_BUDGET[projection], names
+
+
+def test_sigma_gate_reads_once_per_step(adapter):
+    patch, base = make_patch(adapter, sigma_start=5.0, sigma_end=2.0)
+    q = torch.randn(2, TOKENS, WIDTH)
+    step = extra(torch.tensor([3.0]))
+    patch(q, q, q, step)
+    # The other layers of the same step: the same sigmas tensor, no read.
+    assert count_ops(lambda: patch(q, q, q, step))[1] == 0
+    # A new step: one read.
+    assert count_ops(lambda: patch(q, q, q, extra(torch.tensor([4.0]))))[1] == 1
+    outside = extra(torch.tensor([9.0]))
+    assert torch.equal(patch(q, q, q, outside), base)
+    assert torch.equal(patch(q, q, q, outside), base)  # cached decision, same result
+    assert not torch.equal(patch(q, q, q, extra(torch.tensor([2.5]))), base)
+
+
+def test_full_range_never_reads_sigma(adapter):
+    patch, _ = make_patch(adapter)
+    q = torch.randn(2, TOKENS, WIDTH)
+    assert patch.context.always_active
+    patch(q, q, q, extra())
+    for sigma in (0.1, 14.6):
+        assert count_ops(lambda s=sigma: patch(q, q, q, extra(torch.tensor([s]))))[1] == 0
+
+
+def test_cache_follows_the_batch_pattern(adapter):
+    from pulid_core.attention import id_attention
+
+    patch, base = make_patch(adapter)
+    ctx = patch.context
+    q = torch.randn(2, TOKENS, WIDTH)
+    ab = patch(q, q, q, extra())
+    ba = patch(q, q, q, dict(extra(), cond_or_uncond=[0, 1]))
+    k, v = ctx.kv(1, q.device, q.dtype)
+    for out, order in ((ab, [1, 0]), (ba, [0, 1])):
+        for row, kind in enumerate(order):
+            want = id_attention(base[row:row + 1], q[row:row + 1], k[kind:kind + 1], v[kind:kind + 1], HEADS, 0.8,
+                                "ortho_v2")
+            torch.testing.assert_close(out[row:row + 1], want, atol=1e-5, rtol=1e-4)
+    assert len(ctx._rows) == 2  # one entry per (layer, pattern, batch, device, dtype)
+
+
+def test_patch_lifecycle(adapter):
+    patch, base = make_patch(adapter)
+    q = torch.randn(2, TOKENS, WIDTH)
+    before = patch(q, q, q, extra())
+    assert copy.deepcopy(patch) is patch
+    assert patch.to(torch.float16) is patch and patch.to(torch.device("cpu")) is patch
+    assert patch.upstream.moved == [torch.float16, torch.device("cpu")]
+    assert torch.equal(patch(q, q, q, extra()), before)  # a dtype/device move changes no result
+    assert patch.models() == ["upstream-model"]
+
+
+def test_attention_signature_is_resolved_once(pack):
+    from comfyui_pulid.nodes import attn_patch
+
+    q = torch.randn(1, 8, WIDTH)
+    eo = extra()
+    attn_patch.attention_call(q, q, q, HEADS, eo)
+    misses = attn_patch._accepts_transformer_options.cache_info().misses
+    for _ in range(3):
+        attn_patch.attention_call(q, q, q, HEADS, eo)
+    assert attn_patch._accepts_transformer_options.cache_info().misses == misses

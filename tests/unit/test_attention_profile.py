@@ -1,0 +1,191 @@
+"""The sampling path's ID attention: equal to the authors' numbers with the zero tokens left out of the
+matmuls, and a fixed, small amount of work per call with no host-device synchronisation.
+
+Kernels and syncs are counted with torch.profiler on the CPU (a GPU runs the same aten ops): a
+regression (a second QK^T, a ``.item()``, a per-call ``torch.tensor``) turns this red.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.overrides import TorchFunctionMode
+from torch.profiler import ProfilerActivity, profile
+
+from pulid_core import load_pulid
+from pulid_core.attention import id_attention, id_attention_prepared, prepare_id_kv, select_rows
+from tests import detfill
+
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
+TOL = 2e-5  # golden README: attention outputs
+HEADS = 10
+# golden key -> (num_zero, projection, ID tokens)
+MODES = {
+    "plain": (0, "none", 10),
+    "ortho": (16, "ortho", 10),
+    "ortho_v2": (8, "ortho_v2", 10),
+    "ortho_v2_z20": (20, "ortho_v2", 32),
+}
+
+# Ops that move no data of their own (views, allocation, dispatch wrappers whose work shows up
+# as a child op). Everything else the profiler records is a kernel.
+NOT_KERNELS = {
+    "aten::view", "aten::_unsafe_view", "aten::as_strided", "aten::transpose", "aten::permute", "aten::expand",
+    "aten::reshape", "aten::slice", "aten::select", "aten::unsqueeze", "aten::squeeze", "aten::detach",
+    "aten::alias", "aten::t", "aten::resolve_conj", "aten::resolve_neg", "aten::empty", "aten::empty_like",
+    "aten::empty_strided", "aten::result_type", "aten::to", "aten::_to_copy", "aten::clone", "aten::contiguous",
+    "aten::matmul", "aten::softmax", "aten::linalg_vecdot", "aten::_reshape_alias", "aten::square",
+    "aten::square_", "aten::rsub", "aten::unbind", "aten::split", "aten::chunk", "aten::narrow", "aten::detach_",
+    "aten::new_empty",
+}
+# Host reads of a tensor's value: each blocks on a GPU until its queue drains (on the CPU they are
+# free, so they are caught by name: the profiler for item(), a torch-function mode for the rest).
+SYNC_OPS = {"aten::_local_scalar_dense"}
+SYNC_CALLS = {"tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "nonzero", "item"}
+# torch.tensor(list) on a device: a host-to-device copy per call.
+UPLOAD_OPS = {"aten::lift_fresh"}
+
+
+class _HostReads(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        to_cpu = name == "to" and any(str(a) == "cpu" for a in (*args[1:], kwargs.get("device")))
+        if name in SYNC_CALLS or to_cpu:
+            self.reads.append(name)
+        return func(*args, **kwargs)
+
+
+def count_ops(fn):
+    """(kernels, syncs, names) of one call of ``fn``. A reduction's output initialisation (fill_
+    inside sum) belongs to the reduction and is not counted separately; a torch.tensor(list)
+    counts as a kernel (an upload)."""
+    reads = _HostReads()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof, reads:
+        fn()
+    names, scalar_reads = [], 0
+    for event in prof.events():
+        name = event.name
+        if name in SYNC_OPS:
+            scalar_reads += 1
+        if not name.startswith("aten::") or name in NOT_KERNELS or name in SYNC_OPS or name == "aten::item":
+            continue
+        if name == "aten::fill_" and event.cpu_parent is not None:
+            continue
+        if name == "aten::copy_" and all(not shape for shape in event.input_shapes):
+            continue  # a Python scalar wrapped as a 0-d tensor: a kernel argument on a GPU
+        names.append(name)
+    # float(t) shows up in both; an aten op reading a value internally only in the profiler.
+    return len(names), max(scalar_reads, len(reads.reads)), names + reads.reads
+
+
+def fill(name, shape):
+    return torch.from_numpy(detfill.tensor(name, shape, "pub:"))
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return load_file(GOLDEN / "pulid_attention.safetensors")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_pulid_state_dict):
+    state = tiny_pulid_state_dict("v1", context_dim=2048)
+    state["id_adapter_attn_layers.1.id_to_k.weight"] = fill("attn.c640.id_to_k.weight", (640, 2048))
+    state["id_adapter_attn_layers.1.id_to_v.weight"] = fill("attn.c640.id_to_v.weight", (640, 2048))
+    return load_pulid(state)
+
+
+def compact_kv(model, mode, weight, rows=2):
+    """The ID keys/values without zero rows, the zero tokens given as num_zero."""
+    num_zero, _, tokens = MODES[mode]
+    ids = fill(f"input.attn.c640.id_T{tokens}", (2, tokens, 2048))
+    k, v = model.id_kv(1, ids)
+    kv = prepare_id_kv(k, v, HEADS, weight, num_zero=num_zero)
+    # The matmuls see the ID tokens, one column for all zero tokens, and padding to a multiple
+    # of 16 (weight 0; the CPU softmax is slow below 16): 18 -> 16, 26 -> 16, 52 -> 48 columns.
+    width = tokens + (num_zero > 0)
+    assert kv.k_t.shape[-1] == kv.v.shape[-2] == width + (-width % 16)
+    return kv
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("scale", [0.8, 2.5])
+def test_zero_tokens_left_out_still_match_official(model, golden, mode, scale):
+    kv = compact_kv(model, mode, scale)
+    out = id_attention_prepared(golden["c640.base"], golden["c640.q"], kv, MODES[mode][1])
+    assert (out - golden[f"c640.{mode}.s{scale}"]).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rows_are_gathered_per_batch_pattern(model, golden, mode):
+    # Batch [cond, uncond, cond]: rows 1, 0, 1 of the golden pair.
+    kv = select_rows(compact_kv(model, mode, 0.8), rows=torch.tensor([1, 0, 1]))
+    base, q = golden["c640.base"], golden["c640.q"]
+    out = id_attention_prepared(base[[1, 0, 1]], q[[1, 0, 1]], kv, MODES[mode][1])
+    expected = golden[f"c640.{mode}.s0.8"][[1, 0, 1]]
+    assert (out - expected).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("projection", ["none", "ortho", "ortho_v2"])
+@pytest.mark.parametrize("num_zero", [0, 3])
+def test_implied_zero_tokens_equal_explicit_zero_rows(projection, num_zero):
+    gen = torch.Generator().manual_seed(1)
+    base, q = torch.randn(2, 48, 128, generator=gen), torch.randn(2, 48, 128, generator=gen) * 4
+    k, v = torch.randn(2, 7, 128, generator=gen), torch.randn(2, 7, 128, generator=gen)
+    pad = torch.zeros(2, num_zero, 128)
+    explicit = id_attention(base, q, torch.cat([k, pad], 1), torch.cat([v, pad], 1), 2, 1.3, projection)
+    implied = id_attention(base, q, k, v, 2, 1.3, projection, num_zero=num_zero)
+    torch.testing.assert_close(implied, explicit, atol=2e-6, rtol=1e-5)
+
+
+def test_large_logits_stay_finite():
+    # ortho_v2's mass uses the unscaled logits: hundreds here, so exp() must see them minus the max.
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 16, 128, generator=gen) * 30
+    k = torch.randn(1, 6, 128, generator=gen) * 30
+    out = id_attention(torch.randn(1, 16, 128, generator=gen), q, k, k, 2, 0.8, "ortho_v2", num_zero=4)
+    assert torch.isfinite(out).all()
+
+
+# Kernels per call of the ID branch (ComfyUI's own attention not included): the query's
+# head-major copy, one QK^T (+ the bias), one softmax, the attention and its token-major copy,
+# then the projection (energy and dot product as product + sum each, the factor, the result).
+# fidelity = ortho_v2, style = ortho, neutral = none.
+KERNEL_BUDGET = {"ortho_v2": 15, "ortho": 13, "none": 6}
+
+
+@pytest.mark.parametrize("projection, num_zero", [("ortho_v2", 8), ("ortho_v2", 20), ("ortho", 16), ("none", 0)])
+def test_kernels_and_syncs_per_call(projection, num_zero):
+    gen = torch.Generator().manual_seed(0)
+    base, q = torch.randn(2, 256, 640, generator=gen), torch.randn(2, 256, 640, generator=gen)
+    k, v = torch.randn(2, 10, 640, generator=gen), torch.randn(2, 10, 640, generator=gen)
+    kv = select_rows(prepare_id_kv(k, v, HEADS, 0.8, num_zero=num_zero), rows=torch.tensor([1, 0]))
+    id_attention_prepared(base, q, kv, projection)  # warm-up
+    kernels, syncs, names = count_ops(lambda: id_attention_prepared(base, q, kv, projection))
+    assert syncs == 0, names
+    assert kernels <= KERNEL_BUDGET[projection], names
+    # One QK^T only (bmm/baddbmm), and one attention bmm.
+    assert sum(n in ("aten::bmm", "aten::baddbmm") for n in names) == 2, names
+
+
+@pytest.mark.parametrize("read", [
+    lambda x: x.sum().item(), lambda x: float(x[0, 0]), lambda x: x.tolist(), lambda x: x.cpu(),
+    lambda x: x.to("cpu"), lambda x: bool((x > 0).any()), lambda x: x.nonzero(),
+])
+def test_counter_sees_host_reads(read):
+    x = torch.randn(4, 4)
+    assert count_ops(lambda: read(x))[1] >= 1
+
+
+def test_counter_counts_kernels_not_views():
+    x = torch.randn(4, 4)
+    assert count_ops(lambda: x.view(16).transpose(0, 0).reshape(4, 4))[:2] == (0, 0)
+    assert count_ops(lambda: (x * 2).sum(dim=0))[0] == 2
+    assert count_ops(lambda: torch.tensor([1, 0]))[0] == 1  # an upload per call
+    assert count_ops(lambda: x.transpose(0, 1).reshape(16))[0] == 1  # the copy of a non-viewable reshape
