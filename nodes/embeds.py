@@ -15,6 +15,7 @@ from .pulid import (
     IDEmbeds,
     apply_embeds,
     check_adapter,
+    cross_attn_layers,
     encode_faces,
     method_settings,
     range_inputs,
@@ -100,6 +101,7 @@ class PuLIDApplyEmbeds(io.ComfyNode):
         node = check_inputs(cls, method=method, weight=weight, start_at=start_at, end_at=end_at,
                             projection=projection, num_zero=num_zero, attn_mask=attn_mask)
         adapter = check_adapter(pulid, node)
+        cross_attn_layers(model, adapter)  # a wrong model (FLUX, SD1.5) is the first thing to say
         embeds = checked_embeds(embeds, node, adapter)
         if method != "custom":
             projection, num_zero = method_settings(adapter.version, method)

@@ -44,6 +44,9 @@ METHOD_NAMES = ("fidelity", "style", "neutral")
 def method_settings(version: str, method: str) -> tuple[str, int]:
     """(projection, num_zero) of a method for a PuLID SDXL version."""
     table = METHOD_PRESETS.get(version)
+    if version == "flux":
+        raise PuLIDError("A PuLID-FLUX adapter has no method presets (they are SDXL settings). For FLUX.1 use "
+                         "'Apply PuLID (FLUX)'; for SDXL load pulid_v1.1.safetensors.")
     if table is None:
         raise PuLIDError(f"PuLID {version} has no method presets; they exist for {', '.join(METHOD_PRESETS)}.")
     if method not in table:
