@@ -364,4 +364,5 @@ def test_id_cond_from_with_a_tiny_real_eva(analyzer, t1):
     torch.testing.assert_close(id_cond[:, 512:], pooled / pooled.norm(dim=1, keepdim=True), atol=1e-5, rtol=0)
     assert torch.equal(id_cond[:, :512], torch.from_numpy(np.stack([f.embedding for f in faces])))
     for h, r in zip(hidden, ref_hidden, strict=True):
-        torch.testing.assert_close(h, r, atol=1e-5, rtol=0)
+        # Relative to the hidden states' scale (up to ~20 in this tiny tower), as for any deep tower.
+        torch.testing.assert_close(h, r, atol=2e-5 * float(r.abs().max()), rtol=0)
