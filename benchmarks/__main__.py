@@ -4,7 +4,7 @@ What PuLID's ID branch costs per attn2 call and per sampling step, next to the a
 cubiq/PuLID_ComfyUI (imported at run time from --anchor-dir, $PULID_ANCHOR_DIR or
 ../shared/anchors/PuLID_ComfyUI beside the repository), in one process, interleaved.
 
-  --quick   512² and 1024², v1 fidelity, per call and per step of the ID branch (~3 min on 2 cores)
+  --quick   512² and 1024², v1 fidelity, per call and per step of the ID branch, 1 thread (~2 min)
   (default) also v1 style/neutral and v1.1 fidelity, more repetitions, and the unpatched whole
             step for the share of a step (builds the fp32 SDXL UNet: ~10 GB RAM, slow on a CPU)
   --tiny    tiny models: checks that the package runs (numbers mean nothing)
@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from . import cases, models, report
 
 
@@ -30,7 +32,7 @@ def plan_for(args) -> cases.Plan:
         return cases.Plan(resolutions=(64, 128), reps=3, warmup=1, whole_steps=True, whole_reps=2, tiny=True,
                           profile="tiny")
     if args.quick:
-        return cases.Plan(reps=15, profile="quick")
+        return cases.Plan(reps=25, profile="quick")
     return cases.Plan(modes=(("v1", "fidelity"), ("v1", "style"), ("v1", "neutral"), ("v1.1", "fidelity")),
                       reps=41, whole_steps=True, whole_reps=5, profile="full")
 
@@ -45,11 +47,18 @@ def main(argv=None) -> int:
                         help=f"the archived PuLID_ComfyUI folder (default ${models.ANCHOR_ENV} or "
                              f"{models.DEFAULT_ANCHOR_DIR})")
     parser.add_argument("--reps", type=int, default=0, help="repetitions per measurement (default per profile)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (default: 1 for --quick/--tiny, whose small calls a shared machine's "
+                             "other jobs would stall at every multi-thread barrier; torch's default otherwise)")
+    parser.add_argument("--note", default="", help="a sentence for the report's header (e.g. what else ran)")
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
     plan = plan_for(args)
+    threads = args.threads or (1 if plan.profile in ("quick", "tiny") else 0)
+    if threads:
+        torch.set_num_threads(threads)
     if args.reps:
         plan.reps = args.reps
     command = "python -m benchmarks" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
@@ -57,7 +66,7 @@ def main(argv=None) -> int:
     results = cases.run(plan, models.anchor_dir(args.anchor_dir))
     results["machine"] = report.machine(results["env"].comfy_root)
     results["machine"]["wall_s"] = round(time.perf_counter() - started)
-    text = report.markdown(results, command)
+    text = report.markdown(results, command, note=args.note)
     print(text)
     out_dir = args.out_dir or (None if args.tiny else models.REPO / "benchmarks" / "results")
     if out_dir is not None:

@@ -6,6 +6,7 @@ No weights can be downloaded: adapters get random values in the official files' 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.machinery
 import json
@@ -211,7 +212,8 @@ def load_anchor(path: Path):
         sys.modules["ftfy"] = stub
         stubbed.append("ftfy")
     try:
-        module = importlib.import_module(f"{path.name}.pulid")
+        with contextlib.redirect_stdout(sys.stderr):  # its imports print; stdout carries the table
+            module = importlib.import_module(f"{path.name}.pulid")
     except Exception as exc:  # an anchor that does not import is reported, not fatal
         return None, f"anchor at {path} did not import: {type(exc).__name__}: {exc}"
     module.stubbed_modules = stubbed

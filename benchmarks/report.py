@@ -68,7 +68,7 @@ def targets(results: dict) -> list:
     return out
 
 
-def markdown(results: dict, command: str) -> str:
+def markdown(results: dict, command: str, note: str = "") -> str:
     plan, env = results["plan"], results["env"]
     info = results["machine"]
     load = info.get("load_average")
@@ -82,6 +82,8 @@ def markdown(results: dict, command: str) -> str:
         + (" · **tiny models (a smoke run: not a measurement)**" if plan.tiny else ""),
         "",
     ]
+    if note:
+        lines += [note, ""]
     if env.anchor is None:
         lines += [f"**Anchor absent**: {env.anchor_missing}. Only this pack's numbers are printed.", ""]
     else:
