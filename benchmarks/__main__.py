@@ -61,7 +61,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(threads)
     if args.reps:
         plan.reps = args.reps
-    command = "python -m benchmarks" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != args.note]  # the note is printed apart
+    command = "python -m benchmarks" + "".join(f" {a}" for a in shown)
     started = time.perf_counter()
     results = cases.run(plan, models.anchor_dir(args.anchor_dir))
     results["machine"] = report.machine(results["env"].comfy_root)
