@@ -357,7 +357,9 @@ def test_fp16_queries_get_fp16_output(loaded):
 def test_fp16_layer_output_matches_fp32(tiny_sdxl, loaded, face_image, layer_calls, method):
     """A UNet in fp16 gets the same layer output as in fp32, up to fp16 rounding: q/k/v and the
     text attention rounded to 11 bits (eps 2^-11) and the ID term added in fp32 then rounded.
-    Measured at most ~1.5 eps of the output's largest value; 6 eps is far below a wrong term."""
+    Measured (1 and 2 threads): neutral 1.9, fidelity 5.4, style 7.3 eps of the output's largest
+    value (ortho subtracts a projection: cancellation); 16 eps leaves a margin of 2 and is far below
+    the ID term (~2000 eps here) or K/V rounded through bf16 (eps 2^-8)."""
     from comfyui_pulid.nodes.pulid import PuLIDApply
 
     out = PuLIDApply.execute(tiny_sdxl[0], loaded["v1"], loaded["eva"], loaded["face"], face_image, method, 0.8,
@@ -369,9 +371,9 @@ def test_fp16_layer_output_matches_fp32(tiny_sdxl, loaded, face_image, layer_cal
     got = patch(q.half(), k.half(), v.half(), dict(eo))
     assert got.dtype == torch.float16
     scale = float(want.abs().max())
-    torch.testing.assert_close(got.float(), want, rtol=0, atol=6 * 2.0**-11 * scale)
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=16 * 2.0**-11 * scale)
     # The ID term is far above that tolerance (the check can see a wrong term).
-    assert (want - _unpatched_attention(q, k, v, eo)).abs().max() > 20 * 2.0**-11 * scale
+    assert (want - _unpatched_attention(q, k, v, eo)).abs().max() > 200 * 2.0**-11 * scale
 
 
 def test_distilled_unet_is_refused(pack, loaded, face_image):
