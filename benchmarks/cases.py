@@ -5,7 +5,8 @@ The ID branch of a call is the patched attn2 call minus the unpatched attention 
 q/k/v (ComfyUI's ``optimized_attention``, which both packs call for the text attention), taken
 per repetition. Layers of one shape cost the same, so a step's ID branch is the sum over the
 shapes of (calls per step x that shape's ID branch per call): this pack patches all 70 layers,
-the anchor's patches fire on 60 (see ``models.anchor_fires``).
+the anchor's patches fire on 60 (see ``models.anchor_fires``). The step's spread is that of the
+per-repetition sums (repetition r of each shape).
 """
 
 from __future__ import annotations
