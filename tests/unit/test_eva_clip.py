@@ -152,6 +152,11 @@ def run(model, pixels):
         return model.features(pixels)
 
 
+def assert_close_to_scale(actual, expected, rel=2e-5):
+    """Equal up to ``rel`` of the largest magnitude in ``expected`` (a deep tower's rounding scales with it)."""
+    torch.testing.assert_close(actual, expected, rtol=0, atol=rel * float(expected.abs().max()))
+
+
 def assert_same(a, b, label=""):
     assert torch.equal(a[0], b[0]), label
     assert len(a[1]) == len(b[1]) == 5, label
@@ -192,9 +197,12 @@ def test_batch_rows_are_independent(tiny):
     sd, (pooled, hidden) = tiny
     model = load_eva_clip(sd)
     one_p, one_h = run(model, tiny_pixels()[1:])
-    torch.testing.assert_close(one_p, pooled[1:], rtol=0, atol=1e-5)
+    # A batch of one takes other BLAS paths than a batch of two (and with 2 threads, other
+    # splits): the rows agree to float32 rounding accumulated over 24 blocks, measured up to
+    # 1.5e-6 of the largest value on an AMD EPYC; a leak between rows would be of order 1.
+    assert_close_to_scale(one_p, pooled[1:])
     for a, b in zip(one_h, hidden):
-        torch.testing.assert_close(a, b[1:], rtol=0, atol=1e-5)
+        assert_close_to_scale(a, b[1:])
 
 
 def test_hidden_states_are_block_outputs_before_the_final_norm(tiny):

@@ -87,6 +87,13 @@ def _rgb_float(bgr):
     return torch.from_numpy(bgr[:, :, ::-1].copy()).float() / 255.0
 
 
+def assert_embedding(actual, expected):
+    """Measured: at most 3.3e-5 of the largest value (float32 crops and sums); a pixel normalisation
+    off by half a grey level ((x - 127.5) / 128, SCRFD's, instead of ArcFace's / 127.5) is 4e-3."""
+    scale = float(np.abs(expected).max())
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=5e-4 * scale)
+
+
 def _expected_embedding(bgr, inv):
     return arcface_reference(cv2.warpAffine(bgr, inv, (112, 112), borderValue=0.0))
 
@@ -101,7 +108,7 @@ def test_detect_decodes_boxes_keypoints_and_embeddings(analyzer, t1):
         np.testing.assert_allclose(f.bbox, boxes[i], atol=0.02)
         np.testing.assert_allclose(f.kps, kps[i], atol=0.02)
         assert f.embedding.shape == (512,) and f.embedding.dtype == np.float32
-        np.testing.assert_allclose(f.embedding, _expected_embedding(bgr, inv[i]), atol=2e-2)
+        assert_embedding(f.embedding, _expected_embedding(bgr, inv[i]))
 
 
 def test_batched_detector_outputs(tmp_path, t1):
@@ -140,7 +147,7 @@ def test_selection_picks_the_right_face(analyzer, t1, selection):
     face = pipe.prepare(_rgb_float(bgr), selection=selection, index=2)
     i = _expected_index(boxes, selection)
     np.testing.assert_allclose(face.bbox, boxes[i], atol=0.02)
-    np.testing.assert_allclose(face.embedding, _expected_embedding(bgr, inv[i]), atol=2e-2)
+    assert_embedding(face.embedding, _expected_embedding(bgr, inv[i]))
     assert face.image_index == 2 and face.alignment == "insightface" and not face.used_fallback
     assert face.image_size == (W, H)
 
@@ -176,7 +183,7 @@ def test_retinaface_landmarks_come_from_the_same_face(analyzer, t1):
     expected_crop, _ = align_ffhq(bgr, kps[i] + [1.5, -0.5])
     np.testing.assert_array_equal(face.crop_bgr, expected_crop)
     # the embedding is InsightFace's own for that face, from its own keypoints
-    np.testing.assert_allclose(face.embedding, _expected_embedding(bgr, inv[i]), atol=2e-2)
+    assert_embedding(face.embedding, _expected_embedding(bgr, inv[i]))
     np.testing.assert_allclose(face.bbox, boxes[i], atol=0.02)
 
 
@@ -219,7 +226,7 @@ def test_no_insightface_face_uses_the_official_fallback(empty_analyzer, t1):
     np.testing.assert_array_equal(face.crop_bgr, crop)
     # glintr100.get_feat on the 512 crop, resized to 112 without re-alignment
     expected = arcface_reference(cv2.resize(crop, (112, 112), interpolation=cv2.INTER_LINEAR))
-    np.testing.assert_allclose(face.embedding, expected, atol=2e-2)
+    assert_embedding(face.embedding, expected)
 
 
 def test_no_face_anywhere(empty_analyzer, t1):
@@ -357,4 +364,5 @@ def test_id_cond_from_with_a_tiny_real_eva(analyzer, t1):
     torch.testing.assert_close(id_cond[:, 512:], pooled / pooled.norm(dim=1, keepdim=True), atol=1e-5, rtol=0)
     assert torch.equal(id_cond[:, :512], torch.from_numpy(np.stack([f.embedding for f in faces])))
     for h, r in zip(hidden, ref_hidden, strict=True):
-        torch.testing.assert_close(h, r, atol=1e-5, rtol=0)
+        # Relative to the hidden states' scale (up to ~20 in this tiny tower), as for any deep tower.
+        torch.testing.assert_close(h, r, atol=2e-5 * float(r.abs().max()), rtol=0)

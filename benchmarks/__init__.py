@@ -1,0 +1,1 @@
+"""PuLID benchmarks: `python -m benchmarks --quick` (see __main__.py)."""

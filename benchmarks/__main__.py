@@ -1,0 +1,82 @@
+"""python -m benchmarks [--quick | --tiny] [--anchor-dir DIR] [--out-dir DIR]
+
+What PuLID's ID branch costs per attn2 call and per sampling step, next to the archived
+cubiq/PuLID_ComfyUI (imported at run time from --anchor-dir, $PULID_ANCHOR_DIR or
+../shared/anchors/PuLID_ComfyUI beside the repository), in one process, interleaved.
+
+  --quick   512² and 1024², v1 fidelity, per call and per step of the ID branch, 1 thread (~2 min)
+  (default) also v1 style/neutral and v1.1 fidelity, more repetitions, and the unpatched whole
+            step for the share of a step (builds the fp32 SDXL UNet: ~10 GB RAM, slow on a CPU)
+  --tiny    tiny models: checks that the package runs (numbers mean nothing)
+
+Prints a markdown table and writes <out-dir>/cpu.md and cpu.json (default benchmarks/results;
+--tiny writes only where --out-dir says).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import cases, models, report
+
+
+def plan_for(args) -> cases.Plan:
+    if args.tiny:
+        return cases.Plan(resolutions=(64, 128), reps=3, warmup=1, whole_steps=True, whole_reps=2, tiny=True,
+                          profile="tiny")
+    if args.quick:
+        return cases.Plan(reps=25, profile="quick")
+    return cases.Plan(modes=(("v1", "fidelity"), ("v1", "style"), ("v1", "neutral"), ("v1.1", "fidelity")),
+                      reps=41, whole_steps=True, whole_reps=5, profile="full")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="512² and 1024², v1 fidelity, no whole step")
+    size.add_argument("--tiny", action="store_true", help="tiny models: a smoke run")
+    parser.add_argument("--anchor-dir", default=None,
+                        help=f"the archived PuLID_ComfyUI folder (default ${models.ANCHOR_ENV} or "
+                             f"{models.DEFAULT_ANCHOR_DIR})")
+    parser.add_argument("--reps", type=int, default=0, help="repetitions per measurement (default per profile)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (default: 1 for --quick/--tiny, whose small calls a shared machine's "
+                             "other jobs would stall at every multi-thread barrier; torch's default otherwise)")
+    parser.add_argument("--note", default="", help="a sentence for the report's header (e.g. what else ran)")
+    parser.add_argument("--out-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+
+    plan = plan_for(args)
+    threads = args.threads or (1 if plan.profile in ("quick", "tiny") else 0)
+    if threads:
+        torch.set_num_threads(threads)
+    if args.reps:
+        plan.reps = args.reps
+    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != args.note]  # the note is printed apart
+    command = "python -m benchmarks" + "".join(f" {a}" for a in shown)
+    started = time.perf_counter()
+    results = cases.run(plan, models.anchor_dir(args.anchor_dir))
+    results["machine"] = report.machine(results["env"].comfy_root)
+    results["machine"]["wall_s"] = round(time.perf_counter() - started)
+    text = report.markdown(results, command, note=args.note)
+    print(text)
+    out_dir = args.out_dir or (None if args.tiny else models.REPO / "benchmarks" / "results")
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "cpu.md").write_text(text)
+        (out_dir / "cpu.json").write_text(json.dumps(report.as_json(results), indent=1, default=str))
+        logging.getLogger("benchmarks").info("wrote %s", out_dir / "cpu.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The measurements: the ID branch per call and per step (this pack and the anchor, interleaved),
+kernels and syncs per patched call, and the unpatched whole step that a share of a step divides by.
+
+The ID branch of a call is the patched attn2 call minus the unpatched attention on the same
+q/k/v (ComfyUI's ``optimized_attention``, which both packs call for the text attention), taken
+per repetition. Layers of one shape cost the same, so a step's ID branch is the sum over the
+shapes of (calls per step x that shape's ID branch per call): this pack patches all 70 layers,
+the anchor's patches fire on 60 (see ``models.anchor_fires``). The step's spread is that of the
+per-repetition sums (repetition r of each shape).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from . import harness, models
+
+log = logging.getLogger("benchmarks")
+
+WEIGHT = 0.8
+SIGMA = 1.0  # inside the default start_at/end_at range: the ID term is computed
+
+
+@dataclass
+class Plan:
+    resolutions: tuple = (512, 1024)
+    modes: tuple = (("v1", "fidelity"),)
+    reps: int = 15
+    warmup: int = 2
+    whole_steps: bool = False
+    whole_reps: int = 3
+    tiny: bool = False
+    profile: str = "quick"
+    notes: list = field(default_factory=list)
+
+
+def unpatched_attention(q, k, v, heads):
+    from comfy.ldm.modules.attention import optimized_attention
+
+    return optimized_attention(q, k, v, heads)
+
+
+def layer_inputs(width: int, heads: int, tokens: int, hw: tuple, key, batch: int = 2, seed: int = 0):
+    """q [B, N, C] and the text k/v [B, 77, C] (after to_q/to_k/to_v), and the extra_options ComfyUI
+    passes to an attn2 patch at cfg > 1 (uncond and cond rows in one batch)."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, tokens, width, generator=gen)
+    k = torch.randn(batch, models.TEXT_TOKENS, width, generator=gen)
+    v = torch.randn(batch, models.TEXT_TOKENS, width, generator=gen)
+    eo = {"n_heads": heads, "dim_head": width // heads, "cond_or_uncond": [1, 0], "sigmas": torch.tensor([SIGMA]),
+          "original_shape": [batch, 4, hw[0], hw[1]], "activations_shape": [batch, width, *hw],
+          "block": key[:2], "block_index": key[2], "attn_precision": None}
+    return q, k, v, eo
+
+
+def shape_groups(layers: list, resolution: int) -> dict:
+    """{(width, heads, tokens, grid): [keys]} of the UNet's cross-attention layers at a resolution."""
+    latent = resolution // 8
+    groups: dict = {}
+    for key, width, heads, down in layers:
+        grid = (latent // down, latent // down)
+        groups.setdefault((width, heads, grid[0] * grid[1], grid), []).append(key)
+    return groups
+
+
+class Subject:
+    """One (version, method): this pack's patches and, for v1, the anchor's patch per layer width."""
+
+    def __init__(self, env, version: str, method: str):
+        self.version, self.method = version, method
+        adapter, state = env.adapters[version]
+        embeds = models.id_embeds(adapter)
+        self.ours = models.pulid_patches(env.shell, adapter, embeds, method, WEIGHT)
+        self.anchor = {}
+        if env.anchor is not None and version == "v1" and method in models.ANCHOR_METHODS:
+            widths = adapter.model.layer_widths
+            for index in sorted(widths):
+                self.anchor.setdefault(widths[index], models.anchor_patch(
+                    env.anchor, state, index, embeds, method, WEIGHT, torch.float32))
+
+
+def id_branch(env, subject: Subject, resolution: int, plan: Plan) -> dict:
+    """Per layer shape: unpatched, ours and the anchor's calls, interleaved; ID branch per call and per step."""
+    groups = shape_groups(env.layers, resolution)
+    rows, step_ours, step_anchor = [], None, None
+    for (width, heads, tokens, grid), keys in groups.items():
+        q, k, v, eo = layer_inputs(width, heads, tokens, grid, keys[0])
+        ours = subject.ours[keys[0]]
+        fns = {"unpatched": lambda: unpatched_attention(q, k, v, heads),
+               "ours": lambda: ours(q, k, v, dict(eo))}
+        anchor = subject.anchor.get(width)
+        if anchor is not None:
+            fns["anchor"] = lambda: anchor(q, k, v, dict(eo))
+        times = harness.interleaved(fns, plan.reps, plan.warmup, sync=env.sync)
+        d_ours = harness.differences(times, "ours", "unpatched")
+        n_ours, n_anchor = len(keys), sum(models.anchor_fires(k_) for k_ in keys)
+        row = {"width": width, "heads": heads, "tokens": tokens, "layers": n_ours, "anchor_layers": n_anchor,
+               "unpatched": harness.Stat.of(times["unpatched"]), "ours_id": harness.Stat.of(d_ours)}
+        step_ours = _accumulate(step_ours, d_ours, n_ours)
+        if anchor is not None:
+            d_anchor = harness.differences(times, "anchor", "unpatched")
+            row["anchor_id"] = harness.Stat.of(d_anchor)
+            step_anchor = _accumulate(step_anchor, d_anchor, n_anchor)
+        rows.append(row)
+        log.info("%s %s %d² %d-wide x%d: ours %.2f ms%s", subject.version, subject.method, resolution, width,
+                 n_ours, row["ours_id"].median * 1e3,
+                 f", anchor {row['anchor_id'].median * 1e3:.2f} ms" if "anchor_id" in row else "")
+    return {"per_call": rows, "step_ours": harness.Stat.of(step_ours),
+            "step_anchor": harness.Stat.of(step_anchor) if step_anchor else None}
+
+
+def _accumulate(total, diffs, count):
+    scaled = [count * d for d in diffs]
+    return scaled if total is None else [a + b for a, b in zip(total, scaled, strict=True)]
+
+
+def counts(env, subject: Subject) -> dict:
+    """Kernels and syncs added per patched call (patched call minus the unpatched attention)."""
+    (width, heads, tokens, grid), keys = next(iter(shape_groups(env.layers, 512).items()))
+    q, k, v, eo = layer_inputs(width, heads, tokens, grid, keys[0])
+    base = harness.kernels_and_syncs(lambda: unpatched_attention(q, k, v, heads))
+    out = {"unpatched": base}
+    candidates = {"ours": subject.ours[keys[0]]}
+    if width in subject.anchor:
+        candidates["anchor"] = subject.anchor[width]
+    for name, patch in candidates.items():
+        got = harness.kernels_and_syncs(lambda p=patch: p(q, k, v, dict(eo)))
+        out[name] = dict(got, kernels_added=got["kernels"] - base["kernels"], syncs_added=got["syncs"] - base["syncs"])
+    return out
+
+
+def whole_step(env, resolution: int, plan: Plan) -> harness.Stat:
+    """One unpatched UNet evaluation at cfg > 1 (batch 2: uncond and cond), median over repetitions."""
+    unet, cfg = env.unet_with_weights()
+    latent = resolution // 8
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, latent, latent, generator=gen)
+    context = torch.randn(2, models.TEXT_TOKENS, cfg["context_dim"], generator=gen)
+    y = torch.randn(2, cfg["adm_in_channels"], generator=gen)
+    t = torch.full((2,), 500.0)
+    times = harness.interleaved({"step": lambda: unet(x, timesteps=t, context=context, y=y)}, plan.whole_reps,
+                                warmup=1, sync=env.sync)
+    return harness.Stat.of(times["step"])
+
+
+class Env:
+    """What every case shares: ComfyUI, the UNet shell and its layers, adapters, the anchor."""
+
+    def __init__(self, plan: Plan, anchor_path):
+        self.device = torch.device("cpu")
+        self.comfy_root = models.setup_comfy("cpu")
+        self.sync = harness.synchronizer(self.device)
+        self.shell, self.cfg = models.sdxl_shell(plan.tiny)
+        self.layers = models.attn_layers(self.shell, self.cfg)
+        self.adapters = {v: models.build_adapter(v, plan.tiny) for v in sorted({m[0] for m in plan.modes})}
+        self.anchor_path = anchor_path
+        self.anchor, self.anchor_missing = models.load_anchor(anchor_path)
+        self.tiny = plan.tiny
+        self._unet = None
+
+    def unet_with_weights(self):
+        if self._unet is None:
+            self._unet = models.sdxl_unet_with_weights(self.tiny)
+        return self._unet
+
+
+def run(plan: Plan, anchor_path) -> dict:
+    env = Env(plan, anchor_path)
+    results = {"plan": plan, "env": env, "modes": {}, "steps": {}}
+    if env.anchor is None:
+        log.warning("%s: printing this pack's numbers only", env.anchor_missing)
+    for version, method in plan.modes:
+        subject = Subject(env, version, method)
+        mode = {"counts": counts(env, subject), "resolutions": {}}
+        for resolution in plan.resolutions:
+            mode["resolutions"][resolution] = id_branch(env, subject, resolution, plan)
+        results["modes"][(version, method)] = mode
+    if plan.whole_steps:
+        for resolution in plan.resolutions:
+            results["steps"][resolution] = whole_step(env, resolution, plan)
+            log.info("unpatched step %d²: %.2f s", resolution, results["steps"][resolution].median)
+    return results

@@ -1,0 +1,244 @@
+"""What the benchmarks run on: ComfyUI in-process, SDXL's layer shapes, random PuLID adapters, the anchor.
+
+No weights can be downloaded: adapters get random values in the official files' layouts
+(tests/data/golden/checkpoint_layouts.json); only shapes and dtypes matter to timing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.machinery
+import json
+import logging
+import os
+import sys
+import types
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+# The archived cubiq/PuLID_ComfyUI, imported at run time only (Apache-2.0, never copied here).
+DEFAULT_ANCHOR_DIR = REPO.parent / "shared" / "anchors" / "PuLID_ComfyUI"
+ANCHOR_ENV = "PULID_ANCHOR_DIR"
+
+log = logging.getLogger("benchmarks")
+
+# The real SDXL base UNet (ComfyUI's unet_config for sd_xl_base_1.0).
+SDXL_UNET = dict(
+    model_channels=320, channel_mult=[1, 2, 4], num_res_blocks=[2, 2, 2], transformer_depth=[0, 0, 2, 2, 10, 10],
+    transformer_depth_middle=10, transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], context_dim=2048,
+    num_head_channels=64, num_heads=-1, adm_in_channels=2816, num_classes="sequential",
+    use_linear_in_transformer=True, in_channels=4, out_channels=4, use_spatial_transformer=True, legacy=False,
+    use_temporal_attention=False, use_temporal_resblock=False, image_size=32,
+)
+TEXT_TOKENS = 77
+ID_TOKENS = {"v1": 10, "v1.1": 32}  # ID tokens per identity: v1's IDEncoder, v1.1's IDFormer
+# (projection, num_zero) per method, as the archived port sets them in its Apply node (v1 only).
+ANCHOR_METHODS = {"fidelity": ("ortho_v2", 8), "style": ("ortho", 16), "neutral": ("none", 0)}
+
+
+def setup_comfy(device: str = "cpu"):
+    """ComfyUI in-process (CPU mode unless ``device`` is cuda) with this pack as ``comfyui_pulid``."""
+    for path in (REPO / "tests", REPO):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+    import comfy_harness
+    import tests  # noqa: F401  (binds ``tests`` to this repository before ComfyUI's own)
+
+    if comfy_harness.comfyui_dir() is None:
+        raise SystemExit("ComfyUI not found: run scripts/setup_env.sh (or set COMFYUI_DIR).")
+    comfy_harness.load_pack_inprocess(cpu=device == "cpu")
+    return comfy_harness.comfyui_dir()
+
+
+# -- random weights ----------------------------------------------------------------
+def random_state(shapes: dict, seed: int, dtype: torch.dtype) -> dict:
+    """Fan-in scaled pseudo-random tensors: one block of uniform values, each tensor a scaled copy
+    from a name-dependent offset (a generator per tensor would take minutes for GBs on 2 cores)."""
+    block_len = 1_048_573  # prime: rows of a weight do not repeat in step
+    gen = torch.Generator().manual_seed(seed)
+    block = torch.rand(2 * block_len, generator=gen) * 2 - 1
+    out = {}
+    for name, shape in shapes.items():
+        t = torch.empty(tuple(shape), dtype=torch.float32)
+        if t.ndim == 1 and name.endswith("weight"):
+            scale, shift = 0.02, 1.0
+        else:
+            scale = 3**0.5 * (int(np.prod(t.shape[1:])) ** -0.5 if t.ndim > 1 else 0.02)
+            shift = 0.0
+        flat = t.view(-1)
+        src = block[zlib.crc32(f"{seed}:{name}".encode()) % block_len:][:block_len]
+        rows = flat.numel() // block_len
+        if rows:
+            flat[:rows * block_len].view(rows, block_len).copy_(src.expand(rows, block_len))
+        flat[rows * block_len:].copy_(src[:flat.numel() - rows * block_len])
+        out[name] = (t * scale + shift).to(dtype)
+    return out
+
+
+def _layout(title_start: str) -> dict:
+    layouts = json.loads((REPO / "tests" / "data" / "golden" / "checkpoint_layouts.json").read_text())
+    return next(v for k, v in layouts.items() if k.startswith(title_start))
+
+
+# -- the UNet ----------------------------------------------------------------------
+def sdxl_shell(tiny: bool):
+    """A ModelPatcher of the SDXL UNet for the Apply nodes to patch.
+
+    Full size: built on the meta device (no weights: the nodes only read the layer widths; the
+    patch calls are timed on q/k/v of the real shapes). Tiny: the tests' tiny SDXL with weights.
+    """
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    if tiny:
+        from comfy_testpack.tiny_models import tiny_sdxl_model, tiny_unet_config
+
+        return tiny_sdxl_model(), tiny_unet_config("sdxl")
+    cfg = dict(SDXL_UNET, dtype=torch.float32)
+    model_config = comfy.supported_models.SDXL(dict(cfg))
+    model_config.unet_config = cfg  # BASE.__init__ rewrites the head settings otherwise
+    model_config.set_inference_dtype(torch.float32, None)
+    with torch.device("meta"):
+        model = model_config.get_model({}, "", device=torch.device("meta"))
+    model.model_sampling = comfy.model_base.model_sampling(model_config, model.model_type)  # real sigmas
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu), cfg
+
+
+def sdxl_unet_with_weights(tiny: bool):
+    """(diffusion_model, cfg) with random weights, for the unpatched whole step (fp32: ~10 GB full size)."""
+    import comfy.supported_models
+
+    if tiny:
+        from comfy_testpack.tiny_models import tiny_sdxl_model, tiny_unet_config
+
+        return tiny_sdxl_model().model.diffusion_model, tiny_unet_config("sdxl")
+    cfg = dict(SDXL_UNET, dtype=torch.float32)
+    model_config = comfy.supported_models.SDXL(dict(cfg))
+    model_config.unet_config = cfg
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, "", device=torch.device("cpu"))
+    unet = model.diffusion_model
+    state = random_state({k: tuple(v.shape) for k, v in unet.state_dict().items()}, seed=0, dtype=torch.float32)
+    unet.load_state_dict(state)
+    return unet, cfg
+
+
+def attn_layers(patcher, cfg: dict) -> list:
+    """[(ComfyUI attn2 key, width, heads, downsampling)] for every cross-attention layer of the UNet."""
+    unet = patcher.get_model_object("diffusion_model")
+    out = []
+    for name, blocks in (("input", unet.input_blocks), ("middle", [unet.middle_block]),
+                         ("output", unet.output_blocks)):
+        for i, block in enumerate(blocks):
+            for layer in block:
+                for j, tb in enumerate(getattr(layer, "transformer_blocks", [])):
+                    width = tb.attn2.to_q.out_features
+                    # SDXL: one 2x downsampling per level, channels model_channels * channel_mult.
+                    level = cfg["channel_mult"].index(width // cfg["model_channels"])
+                    out.append(((name, 0 if name == "middle" else i, j), width, tb.attn2.heads, 2**level))
+    return out
+
+
+# -- PuLID -------------------------------------------------------------------------
+def build_adapter(version: str, tiny: bool):
+    """(PuLIDAdapter as the loader node builds it, its state dict in the official layout)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    from comfyui_pulid.nodes.loaders import PuLIDAdapter
+
+    from pulid_core import load_pulid
+
+    if tiny:
+        from comfy_testpack.stand_ins_pulid import tiny_pulid_shapes
+
+        shapes = tiny_pulid_shapes(version)
+    else:
+        shapes = _layout("pulid_v1.bin" if version == "v1" else "pulid_v1.1.safetensors")
+    # The official files: v1 is fp32 (.bin), v1.1 fp16 (.safetensors).
+    state = random_state(shapes, seed=11 if version == "v1" else 12,
+                         dtype=torch.float32 if version == "v1" else torch.float16)
+    patcher = comfy.model_patcher.ModelPatcher(load_pulid(state), load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    return PuLIDAdapter(patcher, f"pulid_{version} (random weights)"), state
+
+
+def id_embeds(adapter, seed: int = 3):
+    """Random ID tokens of the adapter's version and context width, as 'Encode Face' returns them."""
+    from comfyui_pulid.nodes.pulid import IDEmbeds
+
+    gen = torch.Generator().manual_seed(seed)
+    shape = (1, ID_TOKENS[adapter.version], adapter.model.context_dim)
+    return IDEmbeds(adapter.version, torch.randn(shape, generator=gen), torch.randn(shape, generator=gen), 1,
+                    "average", {"adapter": adapter.filename})
+
+
+def pulid_patches(shell, adapter, embeds, method: str, weight: float) -> dict:
+    """This pack's attn2 patches, installed by 'Apply PuLID Embeds' on a clone of ``shell``."""
+    from comfyui_pulid.nodes.embeds import PuLIDApplyEmbeds
+
+    out = PuLIDApplyEmbeds.execute(shell, adapter, embeds, method, weight, 0.0, 1.0).result[0]
+    return out.model_options["transformer_options"]["patches_replace"]["attn2"]
+
+
+# -- the anchor (cubiq/PuLID_ComfyUI, archived) ------------------------------------
+def anchor_dir(option: str | None) -> Path:
+    return Path(option or os.environ.get(ANCHOR_ENV) or DEFAULT_ANCHOR_DIR).resolve()
+
+
+def load_anchor(path: Path):
+    """(its ``pulid`` module, None) or (None, why not). Needs ComfyUI set up first.
+
+    Its EVA-CLIP text tokenizer imports ``ftfy`` at module level; that package is not among this
+    pack's requirements and the attention path never calls it, so a missing ``ftfy`` is replaced
+    by an empty module (said in the report)."""
+    if not (path / "pulid.py").is_file():
+        return None, f"anchor not found at {path} (set --anchor-dir or {ANCHOR_ENV})"
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    stubbed = []
+    try:
+        importlib.import_module("ftfy")
+    except ImportError:
+        stub = types.ModuleType("ftfy")
+        stub.__spec__ = importlib.machinery.ModuleSpec("ftfy", None)
+        sys.modules["ftfy"] = stub
+        stubbed.append("ftfy")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # its imports print; stdout carries the table
+            module = importlib.import_module(f"{path.name}.pulid")
+    except Exception as exc:  # an anchor that does not import is reported, not fatal
+        return None, f"anchor at {path} did not import: {type(exc).__name__}: {exc}"
+    module.stubbed_modules = stubbed
+    return module, None
+
+
+def anchor_patch(anchor, state: dict, module_index: int, embeds, method: str, weight: float, dtype):
+    """The anchor's own attn2 patch object for one layer (its ``Attn2Replace`` around its
+    ``pulid_attention``), with the settings and zero tokens its Apply node would give it."""
+    projection, num_zero = ANCHOR_METHODS[method]
+    prefix = f"id_adapter_attn_layers.{module_index}."
+    # Its To_KV takes the IPAdapter-format keys of the layers it serves.
+    to_kv = anchor.To_KV({f"{module_index}.to_k_ip.weight": state[prefix + "id_to_k.weight"].to(dtype),
+                          f"{module_index}.to_v_ip.weight": state[prefix + "id_to_v.weight"].to(dtype)})
+    cond, uncond = embeds.cond.to(dtype), embeds.uncond.to(dtype)
+    if num_zero:
+        zeros = torch.zeros(1, num_zero, cond.shape[-1], dtype=dtype)
+        cond, uncond = torch.cat([cond, zeros], 1), torch.cat([uncond, zeros], 1)
+    return anchor.Attn2Replace(anchor.pulid_attention, pulid=SimpleNamespace(ip_layers=to_kv), weight=weight,
+                               cond=cond, uncond=uncond, sigma_start=float("inf"), sigma_end=0.0,
+                               ortho=projection == "ortho", ortho_v2=projection == "ortho_v2", mask=None,
+                               module_key=str(module_index))
+
+
+def anchor_fires(key) -> bool:
+    """Whether the anchor's patch at this ComfyUI key is ever called: it keys the middle block's
+    ten layers ("middle", 1, i), while ComfyUI calls them ("middle", 0, i)."""
+    return key[0] != "middle"
