@@ -174,8 +174,9 @@ class ComfyServer:
     def object_info(self) -> dict:
         return self.get("/object_info", timeout=120)
 
-    def queue(self, prompt: dict) -> str:
-        status, body = self.post("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+    def queue(self, prompt: dict, client_id: str | None = None) -> str:
+        """Queue ``prompt``; progress events go to the websocket of ``client_id``."""
+        status, body = self.post("/prompt", {"prompt": prompt, "client_id": client_id or uuid.uuid4().hex})
         if status != 200:
             raise RuntimeError(f"/prompt refused the graph ({status}): {json.dumps(body, indent=1)[:4000]}")
         return body["prompt_id"]
