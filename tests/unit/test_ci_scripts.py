@@ -180,3 +180,25 @@ def test_ci_says_when_the_newer_comfyui_is_skipped(tmp_path):
     assert len(calls) == 1
     assert "SKIPPED" in run.stdout.splitlines()[-1]
     assert "SKIPPING the ComfyUI 0.33.0 run" in run.stderr
+
+
+# -- the ComfyUI versions CI runs on, as the README and pyproject say ---------------------
+def test_versions_agree_between_ci_setup_readme_and_pyproject():
+    import re
+    import tomllib
+
+    pinned = re.search(r'^comfy_version="([\d.]+)"', SETUP.read_text(), re.M).group(1)
+    ci = (ROOT / ".ci" / "run").read_text()
+    newer = re.search(r"ComfyUI-([\d.]+)\.tar\.gz", ci).group(1)
+    frontend = re.search(r'newer_frontend="([\d.]+)"', ci).group(1)
+    spec = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["comfy"]["requires-comfyui"]
+    lower, upper = re.fullmatch(r">=([\d.]+),<([\d.]+)", spec).groups()
+    assert lower == pinned
+
+    def key(v):
+        return tuple(int(x) for x in v.split("."))
+
+    assert key(pinned) < key(newer) < key(upper)
+    readme = (ROOT / "README.md").read_text()
+    for words in (f"ComfyUI **{pinned}**", f"ComfyUI **{newer}** with frontend **{frontend}**", f"`{spec}`"):
+        assert words in readme
