@@ -57,7 +57,7 @@ def _node_types(paths) -> list[str]:
     return sorted({node["type"] for path in paths for node in comfy_harness.load_workflow(path)["nodes"]})
 
 
-def _open_frontend(pw, url: str, profile: Path, node_types: list[str]):
+def _open_frontend(pw, url: str, profile: Path, node_types: list[str], before_goto=None):
     """Chromium on the frontend, once it has registered every node type of ``node_types``."""
     if not Path(CHROMIUM).exists():
         pytest.fail("chromium not installed: apt-get install --no-install-recommends chromium "
@@ -66,6 +66,8 @@ def _open_frontend(pw, url: str, profile: Path, node_types: list[str]):
     context = pw.chromium.launch_persistent_context(
         str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS, viewport={"width": 1600, "height": 1000})
     page = context.new_page()
+    if before_goto:
+        before_goto(page)
     page.goto(url)
     try:
         page.wait_for_function(f"({UNREGISTERED})({json.dumps(node_types)}).length === 0", timeout=180_000)
@@ -90,6 +92,40 @@ def page(comfy_server, tmp_path_factory):
                                        _node_types(WORKFLOWS))
         yield page
         context.close()
+
+
+# A frontend extension whose beforeRegisterNodeDef hook is slow (a loaded machine, or
+# another pack's extension doing I/O): the frontend does not await the registrations, so
+# app.graph exists while this pack's node types are still unregistered.
+SLOW_EXTENSION = """import { app } from "../../scripts/app.js";
+app.registerExtension({name: "pulid.test.slowRegistration", async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name.startsWith("PuLID")) await new Promise(resolve => setTimeout(resolve, 4000));
+}});
+"""
+
+
+def _with_slow_extension(page):
+    def extensions(route):
+        listing = route.fetch().json()
+        route.fulfill(json=listing + ["/extensions/pulid_test_slow/slow_registration.js"])
+
+    page.route("**/extensions", extensions)
+    page.route("**/extensions/pulid_test_slow/slow_registration.js",
+               lambda route: route.fulfill(body=SLOW_EXTENSION, content_type="text/javascript"))
+
+
+def test_workflows_wait_until_the_frontend_knows_the_node_types(comfy_server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        context, page = _open_frontend(pw, comfy_server.url, tmp_path / "chromium", _node_types(WORKFLOWS),
+                                       before_goto=_with_slow_extension)
+        try:
+            assert page.evaluate("() => window.app.extensions.some(e => e.name === 'pulid.test.slowRegistration')")
+            _load(page, SHIPPED[0])
+            assert [n["type"] for n in page.evaluate(INSPECT) if not n["registered"]] == []
+        finally:
+            context.close()
 
 
 def _problems(nodes: list[dict]) -> list[str]:
