@@ -128,13 +128,14 @@ test_tools() {
 torch_pins() { grep -E '^(torch|torchvision)==' "$here/requirements-dev.txt"; }
 
 # The requirements of another ComfyUI tree, composed in one file: its own
-# requirements.txt without torch/torchvision/torchaudio (pinned here; ComfyUI runs
-# without torchaudio, whose newest release does not pair with the pinned torch),
-# this pack's requirements, the torch pins and the test tools.
+# requirements.txt without torch/torchvision (pinned here, the same for every ComfyUI),
+# this pack's requirements, the torch pins and the test tools. Its torchaudio stays:
+# ComfyUI 0.33 imports it at start-up (torchaudio 2.11 has no torch pin and imports
+# next to torch 2.14.1).
 compose_requirements() {
     local tree="$1"
     echo "# ComfyUI $(comfy_tree_version "$tree"): its requirements.txt"
-    grep -v -E '^\s*(torch|torchvision|torchaudio)\s*([<>=~!;#].*)?$' "$tree/requirements.txt"
+    grep -v -E '^\s*(torch|torchvision)\s*([<>=~!;#].*)?$' "$tree/requirements.txt"
     echo "# this pack"
     grep -v '^#' "$here/requirements.txt"
     echo "# pinned torch and the test tools (requirements-dev.txt)"
