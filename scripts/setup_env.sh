@@ -40,7 +40,7 @@ while [ $# -gt 0 ]; do
         --comfyui=*) other_comfy="${1#*=}" ;;
         --frontend) frontend="${2:?--frontend needs a version, e.g. 1.58.1}"; shift ;;
         --frontend=*) frontend="${1#*=}" ;;
-        -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "[setup] unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift

@@ -21,7 +21,7 @@ while [ $# -gt 0 ]; do
         --comfyui=*) comfy="${1#*=}" ;;
         --frontend) frontend="${2:?--frontend needs a version}"; shift ;;
         --frontend=*) frontend="${1#*=}" ;;
-        -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) pytest_args+=("$1") ;;
     esac
     shift
