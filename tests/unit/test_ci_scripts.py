@@ -202,3 +202,38 @@ def test_versions_agree_between_ci_setup_readme_and_pyproject():
     readme = (ROOT / "README.md").read_text()
     for words in (f"ComfyUI **{pinned}**", f"ComfyUI **{newer}** with frontend **{frontend}**", f"`{spec}`"):
         assert words in readme
+
+
+def _tarball(tmp_path) -> tuple[Path, str]:
+    import hashlib
+    import tarfile
+
+    tree = tmp_path / "src" / "ComfyUI-9.9.9"
+    tree.mkdir(parents=True)
+    (tree / "main.py").write_text("")
+    (tree / "comfyui_version.py").write_text('__version__ = "9.9.9"\n')
+    (tree / "requirements.txt").write_text("torch\nsome-package==1\n")
+    tarball = tmp_path / "ComfyUI-9.9.9.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(tree, arcname="ComfyUI-9.9.9")
+    return tarball, hashlib.sha256(tarball.read_bytes()).hexdigest()
+
+
+def test_a_tarball_is_extracted_once_into_the_cache_with_a_user_folder(tmp_path, bin_dir):
+    _python(bin_dir, "py13", "3.13")
+    tarball, sha = _tarball(tmp_path)
+    run = _setup(tmp_path, ["py13"], "--comfyui", str(tarball))  # stops at the stand-in's venv
+    tree = tmp_path / "cache" / f"ComfyUI-9.9.9-{sha[:12]}"
+    assert (tree / ".complete").is_file() and (tree / "user").is_dir() and (tree / "main.py").is_file()
+    assert "venv not available in this stand-in" in run.stderr
+    again = _setup(tmp_path, ["py13"], "--dry-run", "--comfyui", str(tarball))
+    assert "extracting" not in again.stderr
+    assert dict(ln.split("=", 1) for ln in again.stdout.splitlines())["COMFYUI_DIR"] == str(tree)
+
+
+def test_a_tarball_with_another_checksum_is_refused(tmp_path, bin_dir, monkeypatch):
+    _python(bin_dir, "py13", "3.13")
+    tarball, sha = _tarball(tmp_path)
+    monkeypatch.setenv("PULID_COMFYUI_SHA256", "0" * 64)
+    run = _setup(tmp_path, ["py13"], "--dry-run", "--comfyui", str(tarball))
+    assert run.returncode == 1 and f"sha256 {sha}, expected" in run.stderr
