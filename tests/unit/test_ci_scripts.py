@@ -1,6 +1,7 @@
 """scripts/setup_env.sh's choice of Python and .ci/run's verdicts, with stand-in programs (nothing is built)."""
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -184,14 +185,12 @@ def test_ci_says_when_the_newer_comfyui_is_skipped(tmp_path):
 
 # -- the ComfyUI versions CI runs on, as the README and pyproject say ---------------------
 def test_versions_agree_between_ci_setup_readme_and_pyproject():
-    import re
-    import tomllib
-
     pinned = re.search(r'^comfy_version="([\d.]+)"', SETUP.read_text(), re.M).group(1)
     ci = (ROOT / ".ci" / "run").read_text()
     newer = re.search(r"ComfyUI-([\d.]+)\.tar\.gz", ci).group(1)
     frontend = re.search(r'newer_frontend="([\d.]+)"', ci).group(1)
-    spec = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["comfy"]["requires-comfyui"]
+    # (tomllib is Python >= 3.11; the pack supports 3.10)
+    spec = re.search(r'^requires-comfyui = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     lower, upper = re.fullmatch(r">=([\d.]+),<([\d.]+)", spec).groups()
     assert lower == pinned
 
