@@ -82,16 +82,25 @@ def _open_frontend(pw, url: str, profile: Path, node_types: list[str], before_go
 
 
 @pytest.fixture(scope="module")
-def page(comfy_server, tmp_path_factory):
+def pw():
+    """One Playwright for the module: its sync API cannot be started twice in a thread."""
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as playwright:
+        yield playwright
+
+
+@pytest.fixture(scope="module")
+def page(comfy_server, pw, tmp_path_factory):
     # A first start opens the template browser over the canvas; mark the tour as done.
     comfy_server.post("/settings/Comfy.TutorialCompleted", True)
-    with sync_playwright() as pw:
-        context, page = _open_frontend(pw, comfy_server.url, tmp_path_factory.mktemp("chromium"),
-                                       _node_types(WORKFLOWS))
-        yield page
-        context.close()
+    # The photos the Load Image nodes name (the server tier puts them there too, if it ran first).
+    for path in WORKFLOWS:
+        prompt = comfy_harness.to_api(comfy_harness.load_workflow(path), comfy_server.info)
+        comfy_harness.provide_input_images(prompt, comfy_server.input_dir, None)
+    context, page = _open_frontend(pw, comfy_server.url, tmp_path_factory.mktemp("chromium"), _node_types(WORKFLOWS))
+    yield page
+    context.close()
 
 
 # A frontend extension whose beforeRegisterNodeDef hook is slow (a loaded machine, or
@@ -114,18 +123,15 @@ def _with_slow_extension(page):
                lambda route: route.fulfill(body=SLOW_EXTENSION, content_type="text/javascript"))
 
 
-def test_workflows_wait_until_the_frontend_knows_the_node_types(comfy_server, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        context, page = _open_frontend(pw, comfy_server.url, tmp_path / "chromium", _node_types(WORKFLOWS),
-                                       before_goto=_with_slow_extension)
-        try:
-            assert page.evaluate("() => window.app.extensions.some(e => e.name === 'pulid.test.slowRegistration')")
-            _load(page, SHIPPED[0])
-            assert [n["type"] for n in page.evaluate(INSPECT) if not n["registered"]] == []
-        finally:
-            context.close()
+def test_workflows_wait_until_the_frontend_knows_the_node_types(comfy_server, pw, tmp_path):
+    context, page = _open_frontend(pw, comfy_server.url, tmp_path / "chromium", _node_types(WORKFLOWS),
+                                   before_goto=_with_slow_extension)
+    try:
+        assert page.evaluate("() => window.app.extensions.some(e => e.name === 'pulid.test.slowRegistration')")
+        _load(page, SHIPPED[0])
+        assert [n["type"] for n in page.evaluate(INSPECT) if not n["registered"]] == []
+    finally:
+        context.close()
 
 
 def _problems(nodes: list[dict]) -> list[str]:
@@ -176,19 +182,15 @@ def _declared_models(workflow: dict) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def bare_page(tmp_path_factory):
+def bare_page(pw, tmp_path_factory):
     """The frontend of a server with this pack but no model files at all."""
-    from playwright.sync_api import sync_playwright
-
     server = comfy_harness.ComfyServer(models_dirs=[], with_testpack=False)
     try:
         server.wait_ready()
         server.post("/settings/Comfy.TutorialCompleted", True)
-        with sync_playwright() as pw:
-            context, page = _open_frontend(pw, server.url, tmp_path_factory.mktemp("chromium_bare"),
-                                           _node_types(SHIPPED))
-            yield page
-            context.close()
+        context, page = _open_frontend(pw, server.url, tmp_path_factory.mktemp("chromium_bare"), _node_types(SHIPPED))
+        yield page
+        context.close()
     finally:
         server.cleanup()
 
