@@ -1,7 +1,9 @@
 """Finding the pinned ComfyUI and running it in-process or as a headless server.
 
 Used by the test tiers and by scripts/run_workflow.py. ComfyUI comes from
-scripts/setup_env.sh (linked at .cache/comfyui) or from COMFYUI_DIR.
+scripts/setup_env.sh (linked at .cache/comfyui) or from COMFYUI_DIR; the frontend
+is the one installed with ComfyUI unless PULID_FRONTEND_ROOT names another one's
+static folder (scripts/setup_env.sh --frontend VERSION).
 """
 
 from __future__ import annotations
@@ -117,11 +119,14 @@ class ComfyServer:
     The ComfyUI tree is copied into a temporary base directory (the server writes
     next to its code), this pack is linked into its custom_nodes/, and each of
     ``models_dirs`` (ComfyUI ``models`` layouts) is added through an
-    extra_model_paths.yaml, the way users add theirs.
+    extra_model_paths.yaml, the way users add theirs. The model-type folders are
+    created up front in each of ``make_dirs_in`` (default: every models dir), so
+    files added after start-up are listed; a user's folder is left untouched.
     """
 
     def __init__(self, models_dirs: list[Path] = (), with_testpack: bool = True,
-                 extra_args: list[str] | None = None, python: str = sys.executable):
+                 extra_args: list[str] | None = None, python: str = sys.executable,
+                 make_dirs_in: list[Path] | None = None):
         root = comfyui_dir()
         if root is None:
             raise RuntimeError("ComfyUI not found: run scripts/setup_env.sh or set COMFYUI_DIR")
@@ -129,6 +134,8 @@ class ComfyServer:
         self.tree = self.base / "ComfyUI"
         shutil.copytree(root, self.tree, ignore=shutil.ignore_patterns("extra_model_paths.yaml", ".complete"),
                         symlinks=True)
+        # ComfyUI >= 0.33 keeps its database in <tree>/user and logs an error when it is missing.
+        (self.tree / "user").mkdir(exist_ok=True)
         custom = self.tree / "custom_nodes"
         custom.mkdir(exist_ok=True)
         (custom / PACK_NAME).symlink_to(REPO, target_is_directory=True)
@@ -142,15 +149,13 @@ class ComfyServer:
                 "--disable-auto-launch", "--disable-api-nodes", "--output-directory", str(self.base / "output")]
         if models_dirs:
             yaml = self.base / "extra_model_paths.yaml"
-            lines = []
-            for n, models in enumerate(models_dirs):
-                lines += [f"pulid_models_{n}:", f"  base_path: {Path(models).resolve()}"]
-                for key in MODEL_KEYS:
-                    # Created up front so files added after start-up are listed.
-                    (Path(models) / key).mkdir(parents=True, exist_ok=True)
-                    lines.append(f"  {key}: {key}")
-            yaml.write_text("\n".join(lines) + "\n")
+            write_extra_model_paths(yaml, models_dirs, models_dirs if make_dirs_in is None else make_dirs_in)
             args += ["--extra-model-paths-config", str(yaml)]
+        frontend = os.environ.get("PULID_FRONTEND_ROOT")
+        if frontend:
+            if not (Path(frontend) / "index.html").is_file():
+                raise RuntimeError(f"PULID_FRONTEND_ROOT={frontend} holds no index.html")
+            args += ["--front-end-root", frontend]
         args += extra_args or []
         self._log = open(self.log_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -204,8 +209,9 @@ class ComfyServer:
     def object_info(self) -> dict:
         return self.get("/object_info", timeout=120)
 
-    def queue(self, prompt: dict) -> str:
-        status, body = self.post("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+    def queue(self, prompt: dict, client_id: str | None = None) -> str:
+        """Queue ``prompt``; progress events go to the websocket of ``client_id``."""
+        status, body = self.post("/prompt", {"prompt": prompt, "client_id": client_id or uuid.uuid4().hex})
         if status != 200:
             raise RuntimeError(f"/prompt refused the graph ({status}): {json.dumps(body, indent=1)[:4000]}")
         return body["prompt_id"]
@@ -234,6 +240,20 @@ class ComfyServer:
                 if folder is not None:
                     files.append(folder / img.get("subfolder", "") / img["filename"])
         return files
+
+
+def write_extra_model_paths(yaml: Path, models_dirs, make_dirs_in=()) -> None:
+    """An extra_model_paths.yaml adding each ``models`` layout under every key of MODEL_KEYS."""
+    make = {Path(d).resolve() for d in make_dirs_in}
+    lines = []
+    for n, models in enumerate(models_dirs):
+        base = Path(models).resolve()
+        lines += [f"pulid_models_{n}:", f"  base_path: {base}"]
+        for key in MODEL_KEYS:
+            if base in make:
+                (base / key).mkdir(parents=True, exist_ok=True)
+            lines.append(f"  {key}: {key}")
+    Path(yaml).write_text("\n".join(lines) + "\n")
 
 
 def execution_error(entry: dict) -> str | None:
