@@ -190,12 +190,15 @@ class IDAttnPatch:
     def to(self, device_or_dtype):
         # ComfyUI calls this with the UNet's device and then its dtype. The cached K/V are keyed
         # by the query's device and dtype, so a dtype needs no cast here; moving to the CPU frees
-        # the accelerator copies. The upstream patch is told too (it is shared, so it must move
-        # in place, as ComfyUI's own patches do).
+        # the accelerator copies. The upstream patch is told too; ComfyUI stores what ``to()``
+        # returns, so an upstream that answers with a new object is kept (in a new patch: this one
+        # is shared by clones and never changes).
         if isinstance(device_or_dtype, torch.device) and device_or_dtype.type == "cpu":
             self.context.drop_device_caches()
         if self.upstream is not None and hasattr(self.upstream, "to"):
-            self.upstream.to(device_or_dtype)
+            moved = self.upstream.to(device_or_dtype)
+            if moved is not None and moved is not self.upstream:
+                return IDAttnPatch(self.context, self.module_index, moved)
         return self
 
     def models(self):

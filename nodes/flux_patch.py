@@ -127,9 +127,12 @@ class FluxBlockPatch:
     # -- ModelPatcher lifecycle ---------------------------------------------------
     def to(self, device_or_dtype):
         # The adapter is loaded and offloaded by ComfyUI (models()); dtype casts (fp8 storage
-        # dtypes included) are ignored: the CA runs in the activations' dtype.
+        # dtypes included) are ignored: the CA runs in the activations' dtype. ComfyUI stores what
+        # ``to()`` returns, so an upstream that answers with a new object is kept (in a new patch).
         if self.upstream is not None and hasattr(self.upstream, "to"):
-            self.upstream.to(device_or_dtype)
+            moved = self.upstream.to(device_or_dtype)
+            if moved is not None and moved is not self.upstream:
+                return FluxBlockPatch(self.context, self.block_type, self.ca, moved)
         return self
 
     def models(self):
