@@ -62,18 +62,7 @@ def fill(name, shape, salt=SALT):
     """detfill.tensor(name, shape, salt) as a torch tensor, computed faster."""
     shape = tuple(int(s) for s in shape)
     n = int(np.prod(shape)) if shape else 1
-    v = _values(salt + name, n).reshape(shape)
-    if name.startswith("input."):
-        out = v
-    elif name.endswith(".bias"):
-        out = 0.05 * v
-    elif name.endswith(".weight") and len(shape) == 1:
-        out = 1.0 + 0.1 * v
-    elif name.endswith(".weight"):
-        out = v * np.sqrt(3.0 / int(np.prod(shape[1:])))
-    else:
-        out = 0.02 * v
-    return torch.from_numpy(out.astype(np.float32))
+    return torch.from_numpy(detfill.scale(name, _values(salt + name, n).reshape(shape)))
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from pulid_core.layers import (
     module_index_for,
 )
 from pulid_layouts import to_ipadapter_layout
+from tests.memory import rss_peak_reset, status_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYOUTS = json.loads((ROOT / "tests" / "data" / "golden" / "checkpoint_layouts.json").read_text())
@@ -84,21 +85,6 @@ FULL_SIZE = {
 }
 
 
-def _rss_peak_reset():
-    """Reset the kernel's peak-RSS counter (Linux); returns the current RSS in bytes, or None."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    return _status_bytes(status, "VmRSS")
-
-
-def _status_bytes(status, field):
-    line = next(line for line in status.splitlines() if line.startswith(field + ":"))
-    return int(line.split()[1]) * 1024
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("filename", sorted(FULL_SIZE))
 def test_full_size_file_loads(tmp_path, filename):
@@ -113,11 +99,11 @@ def test_full_size_file_loads(tmp_path, filename):
         save_file(state, path)
     del state
     gc.collect()
-    rss_before = _rss_peak_reset()
+    rss_before = rss_peak_reset()
     model = load_pulid(path)
     if rss_before is not None:
         # At most one transient extra copy of the file while loading.
-        peak = _status_bytes(Path("/proc/self/status").read_text(), "VmHWM")
+        peak = status_bytes("VmHWM")
         assert peak - rss_before <= 2.2 * path.stat().st_size
     assert (model.version, model.num_tokens, model.context_dim) == (version, tokens, 2048)
     assert {p.dtype for p in model.parameters()} == {dtype}
