@@ -2,8 +2,6 @@
 
 import gc
 import json
-import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +19,7 @@ from pulid_core.layers import (
     module_index_for,
 )
 from pulid_layouts import to_ipadapter_layout
+from tests import pickles
 from tests.memory import rss_peak_reset, status_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -236,25 +235,12 @@ def test_truncated_file(tmp_path, tiny_pulid_state_dict, suffix, phrase):
     assert path.name in str(err.value)
 
 
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
 def test_malicious_pickle_is_refused(tmp_path, writer):
     marker = tmp_path / "pwned"
     path = tmp_path / "pulid_v1.bin"
-    payload = {"id_adapter.body.0.weight": _RunsCode(marker)}
-    if writer == "torch.save":
-        torch.save(payload, path)
-    else:
-        with open(path, "wb") as f:
-            pickle.dump(payload, f)
+    pickles.write(path, {"id_adapter.body.0.weight": pickles.RunsCode(marker)}, writer)
     with pytest.raises(ModelFileError, match="Refused to load pulid_v1.bin"):
         load_pulid(path)
     assert not marker.exists()
