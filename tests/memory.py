@@ -1,5 +1,6 @@
 """Peak resident memory of this process (Linux /proc), for the loaders' full-size memory tests."""
 
+import gc
 from pathlib import Path
 
 
@@ -16,3 +17,12 @@ def rss_peak_reset() -> int | None:
         return status_bytes("VmRSS")
     except OSError:
         return None
+
+
+def load_with_peak(load, path):
+    """``load(path)`` and how far this process's peak RSS rose above its RSS before the call, in bytes
+    (None where the peak cannot be reset). Drop your own copy of the file's tensors first."""
+    gc.collect()
+    before = rss_peak_reset()
+    result = load(path)
+    return result, None if before is None else status_bytes("VmHWM") - before

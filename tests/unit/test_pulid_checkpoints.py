@@ -1,6 +1,5 @@
 """PuLID checkpoint loading: the four real layouts at full size, the layer table, and wrong files."""
 
-import gc
 import json
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pulid_core.layers import (
 )
 from pulid_layouts import to_ipadapter_layout
 from tests import pickles
-from tests.memory import rss_peak_reset, status_bytes
+from tests.memory import load_with_peak
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYOUTS = json.loads((ROOT / "tests" / "data" / "golden" / "checkpoint_layouts.json").read_text())
@@ -97,13 +96,10 @@ def test_full_size_file_loads(tmp_path, filename):
     else:
         save_file(state, path)
     del state
-    gc.collect()
-    rss_before = rss_peak_reset()
-    model = load_pulid(path)
-    if rss_before is not None:
+    model, rise = load_with_peak(load_pulid, path)
+    if rise is not None:
         # At most one transient extra copy of the file while loading.
-        peak = status_bytes("VmHWM")
-        assert peak - rss_before <= 2.2 * path.stat().st_size
+        assert rise <= 2.2 * path.stat().st_size
     assert (model.version, model.num_tokens, model.context_dim) == (version, tokens, 2048)
     assert {p.dtype for p in model.parameters()} == {dtype}
     assert model.layer_widths == {layer.module_index: layer.sdxl_width for layer in SDXL_CROSS_ATTN_LAYERS}
