@@ -94,7 +94,10 @@ def _unpatched_attention(q, k, v, extra_options):
 
 
 def _cross_attn_keys(model):
-    """ComfyUI's attn2 keys (block, index, transformer) of every cross-attention layer, found by walking the UNet."""
+    """ComfyUI's attn2 keys (block, index, transformer) of every cross-attention layer, found by walking the UNet.
+
+    Walked here on purpose, independently of the pack's layer table (pulid_core.layers) and of the
+    benchmarks' walker: the tests check the table against what the UNet really has."""
     unet = model.get_model_object("diffusion_model")
     keys = []
     for name, blocks in (("input", unet.input_blocks), ("middle", [unet.middle_block]),
