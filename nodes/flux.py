@@ -13,8 +13,8 @@ from ..pulid_core.options import ON_NO_FACE, SELECTIONS
 from .embeds import checked_embeds
 from .flux_patch import FluxIDContext, install, installed_contexts
 from .loaders import PuLIDAdapter
-from .pulid import IDEmbeds, check_adapter, check_schedule, encode_faces, selection_of
-from .types import EvaClip, FaceAnalysis, PuLID, PuLIDEmbeds, check_inputs
+from .pulid import IDEmbeds, check_adapter, check_schedule, encode_faces, face_apply_inputs, selection_of
+from .types import PuLID, PuLIDEmbeds, check_inputs
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +123,7 @@ class PuLIDFluxApply(io.ComfyNode):
             description="Injects the identity of the face in `image` into a FLUX.1 model (PuLID-FLUX v0.9.x, the "
                         "authors' 20 cross-attention insertions after the double and single blocks). Several "
                         "photos are encoded together, as the authors' IDFormer does.",
-            inputs=[
-                io.Model.Input("model"),
-                PuLID.Input("pulid"),
-                EvaClip.Input("eva_clip"),
-                FaceAnalysis.Input("face_analysis"),
-                io.Image.Input("image", tooltip="One or more photos of the same person (an image batch)."),
-            ] + _range_inputs() + [
+            inputs=face_apply_inputs() + _range_inputs() + [
                 io.Combo.Input("face_selection", options=list(SELECTIONS), default="largest"),
                 io.Int.Input("face_index", default=0, min=0, max=64,
                              tooltip="For the ordered selections: which face (0 = first)."),

@@ -198,7 +198,8 @@ def selection_of(selection: str, index: int):
     return selection if selection in ("largest", "center") else (selection, int(index))
 
 
-def _common_inputs():
+def face_apply_inputs():
+    """The inputs every Apply node that encodes a face starts with (SDXL, FLUX and the legacy ids)."""
     return [
         io.Model.Input("model"),
         PuLID.Input("pulid"),
@@ -240,7 +241,7 @@ class PuLIDApply(io.ComfyNode):
             category="pulid",
             description="Injects the identity of the face in `image` into every cross-attention layer of an "
                         "SDXL model (PuLID v1 or v1.1, the authors' math).",
-            inputs=_common_inputs() + [
+            inputs=face_apply_inputs() + [
                 io.Combo.Input("method", options=list(METHODS), default="fidelity",
                                tooltip="fidelity: ortho_v2 (v1: 8, v1.1: 20 zero tokens); style: ortho (v1: 16); "
                                        "neutral: plain addition (lower the weight)"),
@@ -273,7 +274,7 @@ class PuLIDApplyAdvanced(io.ComfyNode):
             category="pulid",
             description="Apply PuLID with every setting exposed: projection, zero tokens, uncond noise, which "
                         "face, what to do without a face, how several photos combine.",
-            inputs=_common_inputs() + [
+            inputs=face_apply_inputs() + [
                 io.Combo.Input("method", options=list(METHODS_CUSTOM), default="custom",
                                tooltip="custom uses projection and num_zero below; the others set them as "
                                        "Apply PuLID does"),
