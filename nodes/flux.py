@@ -155,8 +155,8 @@ class PuLIDFluxApplyEmbeds(io.ComfyNode):
             node_id="PuLIDFluxApplyEmbeds",
             display_name="Apply PuLID Embeds (FLUX)",
             category="pulid",
-            description="Applies ID embeddings made with a PuLID-FLUX adapter ('Encode Face (PuLID)' or 'Load "
-                        "PuLID Embeds') to a FLUX.1 model.",
+            description="Applies ID embeddings made with a PuLID-FLUX adapter ('Encode Face (PuLID)' or "
+                        "'Load PuLID Embeds') to a FLUX.1 model.",
             inputs=[
                 io.Model.Input("model"),
                 PuLID.Input("pulid"),
