@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 from comfy_api.latest import io
@@ -14,8 +13,8 @@ from ..pulid_core.options import ON_NO_FACE, SELECTIONS
 from .embeds import checked_embeds
 from .flux_patch import FluxIDContext, install, installed_contexts
 from .loaders import PuLIDAdapter
-from .pulid import IDEmbeds, check_adapter, encode_faces, selection_of
-from .types import EvaClip, FaceAnalysis, PuLID, PuLIDEmbeds, check_inputs
+from .pulid import IDEmbeds, check_adapter, check_schedule, encode_faces, face_apply_inputs, selection_of
+from .types import PuLID, PuLIDEmbeds, check_inputs
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +53,6 @@ def check_flux_model(model, adapter: PuLIDAdapter, node: str) -> None:
                                global_modulation=bool(getattr(getattr(dm, "params", None), "global_modulation", False)))
 
 
-def _check_settings(node: str, weight: float, start_at: float, end_at: float) -> None:
-    # API clients skip the UI's min/max checks.
-    if not isinstance(weight, (int, float)) or not math.isfinite(weight) or not (
-            WEIGHT_RANGE[0] <= weight <= WEIGHT_RANGE[1]):
-        raise PuLIDError(f"{node}: weight must be a number from {WEIGHT_RANGE[0]} to {WEIGHT_RANGE[1]}; got {weight!r}.")
-    for name, value in (("start_at", start_at), ("end_at", end_at)):
-        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise PuLIDError(f"{node}: {name} must be from 0 to 1; got {value!r}.")
-    if start_at > end_at:
-        raise PuLIDError(f"{node}: start_at ({start_at}) must not be after end_at ({end_at}).")
-
-
 def _mask(attn_mask, node: str):
     if attn_mask is None:
         return None
@@ -91,7 +78,7 @@ def apply_flux_embeds(model, adapter: PuLIDAdapter, embeds: IDEmbeds, *, node: s
             f"{FLUX_FILE} loaded in 'Load PuLID Model'."
         )
     embeds = checked_embeds(embeds, node, adapter)  # shape, dtype, finite values (hand-made or corrupt files)
-    _check_settings(node, weight, start_at, end_at)
+    weight, start_at, end_at = check_schedule(node, weight, start_at, end_at, _range_inputs())
     check_flux_model(model, adapter, node)
     mask = _mask(attn_mask, node)
     sampling = model.get_model_object("model_sampling")
@@ -136,13 +123,7 @@ class PuLIDFluxApply(io.ComfyNode):
             description="Injects the identity of the face in `image` into a FLUX.1 model (PuLID-FLUX v0.9.x, the "
                         "authors' 20 cross-attention insertions after the double and single blocks). Several "
                         "photos are encoded together, as the authors' IDFormer does.",
-            inputs=[
-                io.Model.Input("model"),
-                PuLID.Input("pulid"),
-                EvaClip.Input("eva_clip"),
-                FaceAnalysis.Input("face_analysis"),
-                io.Image.Input("image", tooltip="One or more photos of the same person (an image batch)."),
-            ] + _range_inputs() + [
+            inputs=face_apply_inputs() + _range_inputs() + [
                 io.Combo.Input("face_selection", options=list(SELECTIONS), default="largest"),
                 io.Int.Input("face_index", default=0, min=0, max=64,
                              tooltip="For the ordered selections: which face (0 = first)."),
@@ -159,7 +140,7 @@ class PuLIDFluxApply(io.ComfyNode):
         node = check_inputs(cls, weight=weight, start_at=start_at, end_at=end_at, face_selection=face_selection,
                             face_index=face_index, on_no_face=on_no_face, attn_mask=attn_mask)
         adapter = check_flux_adapter(pulid, node)
-        _check_settings(node, weight, start_at, end_at)
+        check_schedule(node, weight, start_at, end_at, _range_inputs())
         check_flux_model(model, adapter, node)  # refuse a wrong model before the slow face work
         embeds, _ = encode_faces(adapter, eva_clip, face_analysis, image, node=node,
                                  selection=selection_of(face_selection, face_index), on_no_face=on_no_face)

@@ -15,7 +15,7 @@ from ..pulid_core.identity import method_settings
 from ..pulid_core.models import missing_file_message, registry
 from ..pulid_core.options import METHODS, PROJECTIONS, PROVIDERS
 from .loaders import load_adapter, load_eva, load_face_pipeline
-from .pulid import apply_embeds, check_adapter, cross_attn_layers, encode_faces
+from .pulid import apply_embeds, check_adapter, cross_attn_layers, encode_faces, face_apply_inputs
 from .types import EvaClip, FaceAnalysis, PuLID, check_inputs
 
 CATEGORY = "pulid/legacy (cubiq ids)"
@@ -71,11 +71,6 @@ class PulidEvaClipLoader(io.ComfyNode):
         return io.NodeOutput(load_eva(default_eva_file()))
 
 
-def legacy_inputs():
-    return [io.Model.Input("model"), PuLID.Input("pulid"), EvaClip.Input("eva_clip"),
-            FaceAnalysis.Input("face_analysis"), io.Image.Input("image")]
-
-
 def range_inputs():
     return [io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.001),
             io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.001)]
@@ -96,7 +91,7 @@ class ApplyPulid(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ApplyPulid", display_name="Apply PuLID (legacy id)", category=CATEGORY,
-            inputs=legacy_inputs() + [
+            inputs=face_apply_inputs() + [
                 io.Combo.Input("method", options=list(METHODS)),
                 io.Float.Input("weight", default=1.0, min=-1.0, max=5.0, step=0.05),
             ] + range_inputs() + [io.Mask.Input("attn_mask", optional=True)],
@@ -115,7 +110,7 @@ class ApplyPulidAdvanced(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ApplyPulidAdvanced", display_name="Apply PuLID Advanced (legacy id)", category=CATEGORY,
-            inputs=legacy_inputs() + [
+            inputs=face_apply_inputs() + [
                 io.Float.Input("weight", default=1.0, min=-1.0, max=5.0, step=0.05),
                 io.Combo.Input("projection", options=list(PROJECTIONS)),
                 io.Int.Input("fidelity", default=8, min=0, max=32, step=1),

@@ -173,14 +173,9 @@ def apply_embeds(model, adapter: PuLIDAdapter, embeds: IDEmbeds, *, node: str, w
             f"{node}: these ID embeddings were made with PuLID {embeds.version}, the adapter is "
             f"{adapter.version} ({adapter.filename}). Encode the face with the same PuLID model."
         )
-    # The same ranges as the nodes' widgets (API clients skip the UI's checks; NaN passes ComfyUI's).
-    limits = {spec.id: (spec.min, spec.max) for spec in range_inputs(0.0)}
-    weight, start_at, end_at = (check_finite(value, node=node, input_name=name, lo=limits[name][0], hi=limits[name][1])
-                                for name, value in (("weight", weight), ("start_at", start_at), ("end_at", end_at)))
+    weight, start_at, end_at = check_schedule(node, weight, start_at, end_at)
     check_choice(projection, PROJECTIONS, node=node, input_name="projection")
     num_zero = int(check_finite(num_zero, node=node, input_name="num_zero", lo=0))
-    if start_at > end_at:
-        raise PuLIDError(f"{node}: start_at ({start_at}) must not be after end_at ({end_at}).")
     # [M, H, W], M = 1 or the latent batch (known at sampling: checked there with options.check_mask_batch).
     mask = check_mask(attn_mask, node=node)
     layers = cross_attn_layers(model, adapter)
@@ -203,7 +198,8 @@ def selection_of(selection: str, index: int):
     return selection if selection in ("largest", "center") else (selection, int(index))
 
 
-def _common_inputs():
+def face_apply_inputs():
+    """The inputs every Apply node that encodes a face starts with (SDXL, FLUX and the legacy ids)."""
     return [
         io.Model.Input("model"),
         PuLID.Input("pulid"),
@@ -211,6 +207,20 @@ def _common_inputs():
         FaceAnalysis.Input("face_analysis"),
         io.Image.Input("image", tooltip="One or more photos of the same person (an image batch)."),
     ]
+
+
+def check_schedule(node: str, weight, start_at, end_at, inputs=None) -> tuple[float, float, float]:
+    """``weight``, ``start_at``, ``end_at`` as floats within their widgets' ranges (``inputs``, by default
+    :func:`range_inputs`), ``start_at`` not after ``end_at``; else a PuLIDError naming ``node``.
+
+    API clients skip the UI's checks, and NaN passes ComfyUI's own range check.
+    """
+    limits = {spec.id: (spec.min, spec.max) for spec in inputs or range_inputs(0.0)}
+    weight, start_at, end_at = (check_finite(value, node=node, input_name=name, lo=limits[name][0], hi=limits[name][1])
+                                for name, value in (("weight", weight), ("start_at", start_at), ("end_at", end_at)))
+    if start_at > end_at:
+        raise PuLIDError(f"{node}: start_at ({start_at}) must not be after end_at ({end_at}).")
+    return weight, start_at, end_at
 
 
 def range_inputs(weight_default: float):
@@ -231,7 +241,7 @@ class PuLIDApply(io.ComfyNode):
             category="pulid",
             description="Injects the identity of the face in `image` into every cross-attention layer of an "
                         "SDXL model (PuLID v1 or v1.1, the authors' math).",
-            inputs=_common_inputs() + [
+            inputs=face_apply_inputs() + [
                 io.Combo.Input("method", options=list(METHODS), default="fidelity",
                                tooltip="fidelity: ortho_v2 (v1: 8, v1.1: 20 zero tokens); style: ortho (v1: 16); "
                                        "neutral: plain addition (lower the weight)"),
@@ -264,7 +274,7 @@ class PuLIDApplyAdvanced(io.ComfyNode):
             category="pulid",
             description="Apply PuLID with every setting exposed: projection, zero tokens, uncond noise, which "
                         "face, what to do without a face, how several photos combine.",
-            inputs=_common_inputs() + [
+            inputs=face_apply_inputs() + [
                 io.Combo.Input("method", options=list(METHODS_CUSTOM), default="custom",
                                tooltip="custom uses projection and num_zero below; the others set them as "
                                        "Apply PuLID does"),

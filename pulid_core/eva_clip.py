@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import ModelFileError, PuLIDError
-from .io import guess_kind, key_diff_message, read_state_dict
+from .io import guess_kind, key_diff_message, read_state_dict, state_dict_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -264,16 +264,14 @@ def _build_trunk(args: dict, sd: dict, name: str) -> nn.Module:
     # On the meta device nothing is allocated; the file's tensors are assigned afterwards.
     with torch.device("meta"):
         trunk = trunk_class(**args)
-    expected = {k: tuple(v.shape) for k, v in trunk.state_dict().items()}
-    missing, unexpected = set(expected) - set(sd), set(sd) - set(expected)
-    if missing or unexpected:
+    key_diff, wrong_shapes = state_dict_mismatch(sd, trunk.state_dict())
+    if key_diff:
         raise ModelFileError(
             f"{name} does not match the EVA02-CLIP vision tower its sizes describe (width "
-            f"{args['embed_dim']}, {args['depth']} blocks): {key_diff_message(missing, unexpected)}. "
+            f"{args['embed_dim']}, {args['depth']} blocks): {key_diff}. "
             f"Use {_EXPECTED_FILES}."
         )
-    wrong = [f"{k} is {list(sd[k].shape)}, expected {list(s)}" for k, s in expected.items()
-             if sd[k].shape != s]
+    wrong = [f"{k} is {list(got)}, expected {list(s)}" for k, got, s in wrong_shapes]
     if wrong:
         raise ModelFileError(
             f"{name} has EVA-CLIP tensors of the wrong shape for a width-{args['embed_dim']} tower: "

@@ -282,3 +282,17 @@ def key_diff_message(missing, unexpected, limit: int = 4) -> str:
             shown = ", ".join(keys[:limit]) + (", ..." if len(keys) > limit else "")
             parts.append(f"{len(keys)} {label} key{'s' if len(keys) != 1 else ''} ({shown})")
     return "; ".join(parts)
+
+
+def state_dict_mismatch(sd: Mapping, expected: Mapping) -> tuple[str, list[tuple[str, tuple, tuple]]]:
+    """Compare a state dict with the keys and shapes a module expects.
+
+    ``expected`` maps each key to a tensor or a shape (a module's ``state_dict()`` will do). Returns
+    ``(key_diff, wrong)``: ``key_diff`` is :func:`key_diff_message`'s text, ``""`` when the keys
+    match; ``wrong`` lists ``(key, shape in sd, expected shape)`` for the keys in both whose shapes
+    differ, in ``expected``'s order.
+    """
+    missing, unexpected = set(expected) - set(sd), set(sd) - set(expected)
+    shapes = {k: tuple(getattr(v, "shape", v)) for k, v in expected.items()}
+    wrong = [(k, tuple(sd[k].shape), s) for k, s in shapes.items() if k in sd and tuple(sd[k].shape) != s]
+    return key_diff_message(missing, unexpected), wrong

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelFileError, PuLIDError
-from ..io import guess_kind, key_diff_message, read_state_dict
+from ..io import guess_kind, read_state_dict, state_dict_mismatch
 from .align import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -101,20 +101,16 @@ def _load_into(module: torch.nn.Module, path: str, what: str) -> torch.nn.Module
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ModelFileError(f"{name} is not a plain state dict of tensors; expected {what}.")
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    expected = module.state_dict()
-    missing, unexpected = set(expected) - set(sd), set(sd) - set(expected)
-    if missing or unexpected:
+    key_diff, wrong = state_dict_mismatch(sd, module.state_dict())
+    if key_diff:
         raise ModelFileError(
             f"{name} does not look like {what}: it looks like {guess_kind(sd.keys())} "
-            f"({key_diff_message(missing, unexpected)}). "
+            f"({key_diff}). "
             f"Use the file from {SOURCES.get(name, 'the facexlib releases')}."
         )
-    bad = [k for k, v in sd.items() if v.shape != expected[k].shape]
-    if bad:
-        raise ModelFileError(
-            f"{name} has wrong tensor shapes for {what} "
-            f"(e.g. {bad[0]}: {tuple(sd[bad[0]].shape)} instead of {tuple(expected[bad[0]].shape)})."
-        )
+    if wrong:
+        key, got, want = wrong[0]
+        raise ModelFileError(f"{name} has wrong tensor shapes for {what} (e.g. {key}: {got} instead of {want}).")
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     module.load_state_dict(sd, strict=True, assign=True)
     return module

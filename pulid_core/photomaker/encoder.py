@@ -21,7 +21,7 @@ from torch import nn
 from .. import ops as default_ops
 from ..blocks import PerceiverAttention, feed_forward
 from ..errors import ModelFileError, PuLIDError
-from ..io import guess_kind, key_diff_message, read_state_dict
+from ..io import guess_kind, key_diff_message, read_state_dict, state_dict_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -393,12 +393,11 @@ def load_photomaker(source, *, operations=None, expect_version: str | None = Non
     sizes = _infer_sizes(id_sd, name)
     sizes["name"] = name
     model = PhotoMakerModel(sizes, operations)
-    expected = set(model.state_dict().keys())
-    missing, unexpected = expected - id_sd.keys(), id_sd.keys() - expected
-    if missing or unexpected:
+    key_diff, _ = state_dict_mismatch(id_sd, model.state_dict())  # shapes: load_state_dict below
+    if key_diff:
         raise ModelFileError(
             f"{name} is not a complete PhotoMaker {version} id_encoder (it looks like "
-            f"{guess_kind(id_sd.keys())}): {key_diff_message(missing, unexpected)}. "
+            f"{guess_kind(id_sd.keys())}): {key_diff}. "
             "Use the official photomaker-v1.bin or photomaker-v2.bin."
         )
     try:

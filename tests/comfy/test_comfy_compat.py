@@ -54,15 +54,10 @@ def test_version_is_read(pack):
 
 
 @pytest.fixture(scope="module")
-def face_pipeline(pack, tmp_path_factory):
-    import folder_paths
-
+def face_pipeline(pack, model_folders):
     from comfy_testpack import stand_ins_pulid as s
 
-    root = tmp_path_factory.mktemp("facemodels")
-    for sub in ("insightface", "facexlib"):
-        (root / sub).mkdir()
-        folder_paths.add_model_folder_path(sub, str(root / sub), is_default=True)
+    root = model_folders("facemodels", "insightface", "facexlib")
     s.write_tiny_face_models(root / "insightface" / "antelopev2")
     pack.nodes.node_list()
     from comfyui_pulid.nodes import loaders

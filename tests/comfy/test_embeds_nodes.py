@@ -12,16 +12,11 @@ FORMAT = "comfyui-pulid/id-embeds/1"
 
 
 @pytest.fixture(scope="module")
-def env(pack, tmp_path_factory):
+def env(pack, model_folders):
     """Tiny v1 / v1.1 adapters and an empty embeddings folder, registered as ComfyUI's first folders."""
-    import folder_paths
-
     from comfy_testpack import stand_ins_pulid as s
 
-    root = tmp_path_factory.mktemp("embeds_models")
-    for sub in ("pulid", "pulid_embeds"):
-        (root / sub).mkdir()
-        folder_paths.add_model_folder_path(sub, str(root / sub), is_default=True)
+    root = model_folders("embeds_models", "pulid", "pulid_embeds")
     s.write_tiny_pulid(root / "pulid" / "ip-adapter_pulid_sdxl_fp16.safetensors")
     s.write_tiny_pulid(root / "pulid" / "pulid_v1.1.safetensors")
     pack.nodes.node_list()

@@ -67,18 +67,14 @@ def test_tiny_flux_unpatched_forward_equals_the_authors(tiny_flux, flux_inputs, 
 
 # -- the pack's FLUX apply code on the tiny FLUX --------------------------------------------------
 @pytest.fixture(scope="module")
-def flux_models_dir(pack, tmp_path_factory):
+def flux_models_dir(pack, model_folders):
     """models/ with the golden tiny PuLID-FLUX adapter, the FLUX stand-ins and the SDXL ones."""
-    import folder_paths
     from safetensors.torch import save_file
 
     from comfy_testpack import stand_ins_pulid as s
     from pulid_layouts import flux_state_dict, tiny_flux_sizes
 
-    root = tmp_path_factory.mktemp("flux_models")
-    for sub in ("pulid", "eva_clip", "insightface", "facexlib"):
-        (root / sub).mkdir()
-        folder_paths.add_model_folder_path(sub, str(root / sub), is_default=True)
+    root = model_folders("flux_models", "pulid", "eva_clip", "insightface", "facexlib")
     # The golden CA weights are tiny_ca.{i}.<key>; the file has them as pulid_ca.{i}.<key>.
     golden_ca = flux_state_dict(salt=SALT, rename=lambda k: k.replace("pulid_ca.", "tiny_ca."), **tiny_flux_sizes())
     save_file(golden_ca, str(root / "pulid" / "pulid_flux_golden_tiny.safetensors"))

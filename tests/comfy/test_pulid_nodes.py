@@ -10,16 +10,11 @@ pytestmark = pytest.mark.comfy
 
 
 @pytest.fixture(scope="module")
-def models_dir(pack, tmp_path_factory):
+def models_dir(pack, model_folders):
     """A models folder with tiny PuLID v1/v1.1, EVA-CLIP, InsightFace and facexlib files, registered."""
-    import folder_paths
-
     from comfy_testpack import stand_ins_pulid as s
 
-    root = tmp_path_factory.mktemp("models")
-    for sub in ("pulid", "eva_clip", "insightface", "facexlib", "pulid_embeds"):
-        (root / sub).mkdir()
-        folder_paths.add_model_folder_path(sub, str(root / sub), is_default=True)
+    root = model_folders("models", "pulid", "eva_clip", "insightface", "facexlib", "pulid_embeds")
     s.write_tiny_pulid(root / "pulid" / "ip-adapter_pulid_sdxl_fp16.safetensors")
     s.write_tiny_pulid(root / "pulid" / "pulid_v1.1.safetensors")
     s.write_tiny_eva(root / "eva_clip" / "EVA02_CLIP_L_336_psz14_s6B.pt")
@@ -99,7 +94,10 @@ def _unpatched_attention(q, k, v, extra_options):
 
 
 def _cross_attn_keys(model):
-    """ComfyUI's attn2 keys (block, index, transformer) of every cross-attention layer, found by walking the UNet."""
+    """ComfyUI's attn2 keys (block, index, transformer) of every cross-attention layer, found by walking the UNet.
+
+    Walked here on purpose, independently of the pack's layer table (pulid_core.layers) and of the
+    benchmarks' walker: the tests check the table against what the UNet really has."""
     unet = model.get_model_object("diffusion_model")
     keys = []
     for name, blocks in (("input", unet.input_blocks), ("middle", [unet.middle_block]),

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from pulid_layouts import photomaker_shapes
+
 from .stand_ins import writer
 from .tiny_sizes import TINY_CONTEXT_DIM
 
@@ -30,98 +32,15 @@ TINY_WIDTHS = {1: 64, 2: 128}
 TINY_LORA_RANK = 4
 
 
-def id_encoder_shapes(
-    version: str,
-    hidden=64,
-    depth=2,
-    mlp=128,
-    patch=14,
-    grid=16,
-    proj=(TINY_CONTEXT_DIM // 2, TINY_CONTEXT_DIM // 2),
-    id_dim=512,
-    id_inner=128,
-    tokens=2,
-    q_depth=2,
-    q_inner=128,
-) -> dict:
-    """{key: shape} of a PhotoMaker id_encoder with the official key names and these sizes."""
-    h, d = hidden, sum(proj)
-    shapes = {
-        "vision_model.embeddings.class_embedding": (h,),
-        "vision_model.embeddings.patch_embedding.weight": (h, 3, patch, patch),
-        "vision_model.embeddings.position_embedding.weight": (grid * grid + 1, h),
-        "vision_model.pre_layrnorm.weight": (h,),
-        "vision_model.pre_layrnorm.bias": (h,),
-        "vision_model.post_layernorm.weight": (h,),
-        "vision_model.post_layernorm.bias": (h,),
-        "visual_projection.weight": (proj[0], h),
-        "visual_projection_2.weight": (proj[1], h),
-    }
-    for i in range(depth):
-        p = f"vision_model.encoder.layers.{i}."
-        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            shapes[p + f"self_attn.{name}.weight"] = (h, h)
-            shapes[p + f"self_attn.{name}.bias"] = (h,)
-        for name in ("layer_norm1", "layer_norm2"):
-            shapes[p + f"{name}.weight"] = (h,)
-            shapes[p + f"{name}.bias"] = (h,)
-        shapes.update(
-            {
-                p + "mlp.fc1.weight": (mlp, h),
-                p + "mlp.fc1.bias": (mlp,),
-                p + "mlp.fc2.weight": (h, mlp),
-                p + "mlp.fc2.bias": (h,),
-            }
-        )
-    for mlp_name, d_in in (("mlp1", 2 * d), ("mlp2", d)):
-        p = f"fuse_module.{mlp_name}."
-        shapes.update(
-            {
-                p + "layernorm.weight": (d_in,),
-                p + "layernorm.bias": (d_in,),
-                p + "fc1.weight": (d, d_in),
-                p + "fc1.bias": (d,),
-                p + "fc2.weight": (d, d),
-                p + "fc2.bias": (d,),
-            }
-        )
-    shapes.update({"fuse_module.layer_norm.weight": (d,), "fuse_module.layer_norm.bias": (d,)})
-    if version == "v2":
-        q, r = "qformer_perceiver.", "qformer_perceiver.perceiver_resampler."
-        shapes.update(
-            {
-                q + "token_proj.0.weight": (id_inner, id_dim),
-                q + "token_proj.0.bias": (id_inner,),
-                q + "token_proj.2.weight": (d * tokens, id_inner),
-                q + "token_proj.2.bias": (d * tokens,),
-                q + "token_norm.weight": (d,),
-                q + "token_norm.bias": (d,),
-                r + "proj_in.weight": (d, h),
-                r + "proj_in.bias": (d,),
-                r + "proj_out.weight": (d, d),
-                r + "proj_out.bias": (d,),
-                r + "norm_out.weight": (d,),
-                r + "norm_out.bias": (d,),
-            }
-        )
-        for j in range(q_depth):
-            p = f"{r}layers.{j}."
-            shapes.update(
-                {
-                    p + "0.norm1.weight": (d,),
-                    p + "0.norm1.bias": (d,),
-                    p + "0.norm2.weight": (d,),
-                    p + "0.norm2.bias": (d,),
-                    p + "0.to_q.weight": (q_inner, d),
-                    p + "0.to_kv.weight": (2 * q_inner, d),
-                    p + "0.to_out.weight": (d, q_inner),
-                    p + "1.0.weight": (d,),
-                    p + "1.0.bias": (d,),
-                    p + "1.1.weight": (4 * d, d),
-                    p + "1.3.weight": (d, 4 * d),
-                }
-            )
-    return shapes
+# Tiny id_encoder sizes: a CLIP tower 64 wide, projections of the tiny CLIP-L and CLIP-G widths.
+TINY_ID_ENCODER = dict(hidden=64, depth=2, mlp=128, patch=14, grid=16,
+                       proj=(TINY_CONTEXT_DIM // 2, TINY_CONTEXT_DIM // 2), id_dim=512, id_inner=128, tokens=2,
+                       q_depth=2, q_inner=128)
+
+
+def id_encoder_shapes(version: str) -> dict:
+    """{key: shape} of the tiny PhotoMaker id_encoder (official key names)."""
+    return photomaker_shapes(version, **TINY_ID_ENCODER)
 
 
 def lora_shapes(widths=TINY_WIDTHS, context_dim=TINY_CONTEXT_DIM, rank=TINY_LORA_RANK) -> dict:

@@ -1,8 +1,12 @@
 """Shared unit-test fixtures: reduced-size model state dicts with the real key structure."""
 
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from pulid_core import load_pulid
 from pulid_layouts import pulid_shapes, to_ipadapter_layout
 from tests import detfill
 
@@ -21,3 +25,19 @@ def tiny_pulid_state_dict():
         return to_ipadapter_layout(state) if layout == "ipadapter" else state
 
     return make
+
+
+@pytest.fixture(scope="module")
+def attn_golden():
+    """The authors' ID-attention outputs for a 640-wide layer (tests/data/golden/pulid_attention.safetensors)."""
+    return load_file(Path(__file__).resolve().parents[1] / "data" / "golden" / "pulid_attention.safetensors")
+
+
+@pytest.fixture(scope="module")
+def c640_model(tiny_pulid_state_dict):
+    """A reduced v1 adapter whose layer 1 (640 wide) holds the golden ``attn.c640.id_to_k/v`` weights."""
+    state = tiny_pulid_state_dict("v1", context_dim=2048)
+    for proj in ("k", "v"):
+        state[f"id_adapter_attn_layers.1.id_to_{proj}.weight"] = torch.from_numpy(
+            detfill.tensor(f"attn.c640.id_to_{proj}.weight", (640, 2048), "pub:"))
+    return load_pulid(state)

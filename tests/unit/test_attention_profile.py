@@ -5,19 +5,15 @@ Kernels and syncs are counted with torch.profiler on the CPU (a GPU runs the sam
 regression (a second QK^T, a ``.item()``, a per-call ``torch.tensor``) turns this red.
 """
 
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from torch.overrides import TorchFunctionMode
 from torch.profiler import ProfilerActivity, profile
 
-from pulid_core import load_pulid
 from pulid_core.attention import id_attention, id_attention_prepared, prepare_id_kv, select_rows
 from tests import detfill
 
-GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 TOL = 2e-5  # golden README: attention outputs
 HEADS = 10
 # golden key -> (num_zero, projection, ID tokens)
@@ -88,24 +84,11 @@ def fill(name, shape):
     return torch.from_numpy(detfill.tensor(name, shape, "pub:"))
 
 
-@pytest.fixture(scope="module")
-def golden():
-    return load_file(GOLDEN / "pulid_attention.safetensors")
-
-
-@pytest.fixture(scope="module")
-def model(tiny_pulid_state_dict):
-    state = tiny_pulid_state_dict("v1", context_dim=2048)
-    state["id_adapter_attn_layers.1.id_to_k.weight"] = fill("attn.c640.id_to_k.weight", (640, 2048))
-    state["id_adapter_attn_layers.1.id_to_v.weight"] = fill("attn.c640.id_to_v.weight", (640, 2048))
-    return load_pulid(state)
-
-
-def compact_kv(model, mode, weight, rows=2):
+def compact_kv(c640_model, mode, weight, rows=2):
     """The ID keys/values without zero rows, the zero tokens given as num_zero."""
     num_zero, _, tokens = MODES[mode]
     ids = fill(f"input.attn.c640.id_T{tokens}", (2, tokens, 2048))
-    k, v = model.id_kv(1, ids)
+    k, v = c640_model.id_kv(1, ids)
     kv = prepare_id_kv(k, v, HEADS, weight, num_zero=num_zero)
     # The matmuls see the ID tokens, one column for all zero tokens, and padding to a multiple
     # of 16 (weight 0; the CPU softmax is slow below 16): 18 -> 16, 26 -> 16, 52 -> 48 columns.
@@ -116,19 +99,19 @@ def compact_kv(model, mode, weight, rows=2):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("scale", [0.8, 2.5])
-def test_zero_tokens_left_out_still_match_official(model, golden, mode, scale):
-    kv = compact_kv(model, mode, scale)
-    out = id_attention_prepared(golden["c640.base"], golden["c640.q"], kv, MODES[mode][1])
-    assert (out - golden[f"c640.{mode}.s{scale}"]).abs().max().item() <= TOL
+def test_zero_tokens_left_out_still_match_official(c640_model, attn_golden, mode, scale):
+    kv = compact_kv(c640_model, mode, scale)
+    out = id_attention_prepared(attn_golden["c640.base"], attn_golden["c640.q"], kv, MODES[mode][1])
+    assert (out - attn_golden[f"c640.{mode}.s{scale}"]).abs().max().item() <= TOL
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_rows_are_gathered_per_batch_pattern(model, golden, mode):
+def test_rows_are_gathered_per_batch_pattern(c640_model, attn_golden, mode):
     # Batch [cond, uncond, cond]: rows 1, 0, 1 of the golden pair.
-    kv = select_rows(compact_kv(model, mode, 0.8), rows=torch.tensor([1, 0, 1]))
-    base, q = golden["c640.base"], golden["c640.q"]
+    kv = select_rows(compact_kv(c640_model, mode, 0.8), rows=torch.tensor([1, 0, 1]))
+    base, q = attn_golden["c640.base"], attn_golden["c640.q"]
     out = id_attention_prepared(base[[1, 0, 1]], q[[1, 0, 1]], kv, MODES[mode][1])
-    expected = golden[f"c640.{mode}.s0.8"][[1, 0, 1]]
+    expected = attn_golden[f"c640.{mode}.s0.8"][[1, 0, 1]]
     assert (out - expected).abs().max().item() <= TOL
 
 

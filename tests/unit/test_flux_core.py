@@ -1,7 +1,6 @@
 """PuLID-FLUX core: the adapter file, its cross-attention against the authors' numbers, the
 injection schedule and the per-row / per-token math the ComfyUI block patches call."""
 
-import gc
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from pulid_core import ModelFileError, PuLIDError, flux, load_pulid
 from pulid_layouts import flux_shapes, flux_state_dict, tiny_flux_sizes
 from tests import detfill
+from tests.memory import load_with_peak
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 FLUX_LAYOUT = next(iter(json.loads((GOLDEN / "pulid_flux_layout.json").read_text()).values()))
@@ -91,20 +91,6 @@ def test_tiny_files_keep_their_dtype(tmp_path, dtype):
         assert model.pulid_ca(3, ids.to(dtype), img.to(dtype)).dtype == dtype
 
 
-def _status_bytes(field):
-    status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith(field + ":")).split()[1]) * 1024
-
-
-def _rss_peak_reset():
-    """Reset the kernel's peak-RSS counter (Linux); returns the current RSS in bytes, or None."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return _status_bytes("VmRSS")
-    except OSError:
-        return None
-
-
 @pytest.mark.slow
 def test_full_size_16_bit_file_loads(tmp_path):
     path = tmp_path / FILES
@@ -112,12 +98,10 @@ def test_full_size_16_bit_file_loads(tmp_path):
     state["pulid_ca.19.to_out.weight"].fill_(1.0)
     save_file(state, path)
     del state
-    gc.collect()
-    rss_before = _rss_peak_reset()
-    model = load_pulid(path)
-    if rss_before is not None:
+    model, rise = load_with_peak(load_pulid, path)
+    if rise is not None:
         # At most one transient extra copy of the file while loading.
-        assert _status_bytes("VmHWM") - rss_before <= 2.2 * path.stat().st_size
+        assert rise <= 2.2 * path.stat().st_size
     assert (model.version, model.ca_dim, model.num_ca) == ("flux", 3072, 20)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert torch.equal(model.pulid_ca[19].to_out.weight, torch.ones(3072, 2048, dtype=torch.bfloat16))

@@ -2,7 +2,6 @@
 
 import logging
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +11,10 @@ import torch
 import pulid_core.io as pio
 from pulid_core.errors import ModelFileError
 from pulid_core.face import load_face_analysis
+from tests import pickles
 from tests.unit.face_models import kps_for_box, make_pack
 
 NOT_A_CHECKPOINT = "not a PyTorch checkpoint (an HTML page? a failed download?)"
-
-
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 # -- not a checkpoint at all -------------------------------------------------------------------
@@ -60,18 +52,11 @@ def test_the_message_shows_how_the_file_starts(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-@pytest.mark.parametrize("writer", ["torch.save", "torch.save legacy", "pickle.dump"])
+@pytest.mark.parametrize("writer", pickles.WRITERS)
 def test_only_a_code_running_global_is_called_unsafe(tmp_path, writer):
     marker = tmp_path / "pwned"
     path = tmp_path / "model.pth"
-    payload = {"weight": _RunsCode(marker)}
-    if writer == "torch.save":
-        torch.save(payload, path)
-    elif writer == "torch.save legacy":
-        torch.save(payload, path, _use_new_zipfile_serialization=False)
-    else:
-        with open(path, "wb") as f:
-            pickle.dump(payload, f)
+    pickles.write(path, {"weight": pickles.RunsCode(marker)}, writer)
     with pytest.raises(ModelFileError, match=r"Refused to load model.pth: .*asks to import and call \w+\.system"):
         pio.read_state_dict(path)
     assert not marker.exists()

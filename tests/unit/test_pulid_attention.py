@@ -4,17 +4,14 @@ The layer-1 ID K/V weights of a reduced adapter are the golden ``attn.c640.id_to
 weights, so the ID keys and values come from the public ``PuLIDModel.id_kv``.
 """
 
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from pulid_core import id_attention, load_pulid
+from pulid_core import id_attention
 from pulid_core.errors import PuLIDError
 from tests import detfill
 
-GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 TOL = 2e-5  # golden README: attention outputs
 HEADS = 10  # C = 640 = 10 x 64
 
@@ -32,61 +29,48 @@ def fill(name, shape):
     return torch.from_numpy(detfill.tensor(name, shape, "pub:"))
 
 
-@pytest.fixture(scope="module")
-def golden():
-    return load_file(GOLDEN / "pulid_attention.safetensors")
-
-
-@pytest.fixture(scope="module")
-def model(tiny_pulid_state_dict):
-    state = tiny_pulid_state_dict("v1", context_dim=2048)
-    state["id_adapter_attn_layers.1.id_to_k.weight"] = fill("attn.c640.id_to_k.weight", (640, 2048))
-    state["id_adapter_attn_layers.1.id_to_v.weight"] = fill("attn.c640.id_to_v.weight", (640, 2048))
-    return load_pulid(state)
-
-
 def id_tokens(name):
     return fill(f"input.attn.c640.{name}", (2, 10 if name == "id_T10" else 32, 2048))
 
 
-def kv(model, mode):
+def kv(c640_model, mode):
     num_zero, _, tokens = MODES[mode]
-    return model.id_kv(1, id_tokens(tokens), num_zero=num_zero)
+    return c640_model.id_kv(1, id_tokens(tokens), num_zero=num_zero)
 
 
-def test_id_kv_zero_rows_and_shapes(model):
-    assert model.layer_widths[1] == 640
+def test_id_kv_zero_rows_and_shapes(c640_model):
+    assert c640_model.layer_widths[1] == 640
     tokens = id_tokens("id_T10")
-    k, v = model.id_kv(1, tokens, num_zero=16)
+    k, v = c640_model.id_kv(1, tokens, num_zero=16)
     assert k.shape == v.shape == (2, 26, 640)
     assert torch.count_nonzero(k[:, 10:]) == 0 and torch.count_nonzero(v[:, 10:]) == 0
     # Bias-free projection E W^T, written out independently.
     wk = fill("attn.c640.id_to_k.weight", (640, 2048)).double()
     assert (k[:, :10].double() - tokens.double() @ wk.T).abs().max() <= 1e-4
-    assert model.id_kv(1, tokens)[0].shape == (2, 10, 640)
+    assert c640_model.id_kv(1, tokens)[0].shape == (2, 10, 640)
     with pytest.raises(PuLIDError, match="odd numbers"):
-        model.id_kv(2, tokens)
+        c640_model.id_kv(2, tokens)
     with pytest.raises(PuLIDError, match="num_zero"):
-        model.id_kv(1, tokens, num_zero=-1)
+        c640_model.id_kv(1, tokens, num_zero=-1)
 
 
 @pytest.mark.parametrize("mode, scale", CASES)
-def test_matches_official(model, golden, mode, scale):
-    k, v = kv(model, mode)
-    out = id_attention(golden["c640.base"], golden["c640.q"], k, v, HEADS, scale, MODES[mode][1])
-    expected = golden[f"c640.{mode}.s{scale}"]
+def test_matches_official(c640_model, attn_golden, mode, scale):
+    k, v = kv(c640_model, mode)
+    out = id_attention(attn_golden["c640.base"], attn_golden["c640.q"], k, v, HEADS, scale, MODES[mode][1])
+    expected = attn_golden[f"c640.{mode}.s{scale}"]
     assert out.shape == expected.shape and out.dtype == torch.float32
     assert (out - expected).abs().max().item() <= TOL
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_per_row_weight(model, golden, mode):
+def test_per_row_weight(c640_model, attn_golden, mode):
     # Row 0 (uncond) at 0.8 and row 1 (cond) at 2.5 in one call.
-    k, v = kv(model, mode)
+    k, v = kv(c640_model, mode)
     for weight in (torch.tensor([0.8, 2.5]), torch.tensor([0.8, 2.5]).view(2, 1, 1)):
-        out = id_attention(golden["c640.base"], golden["c640.q"], k, v, HEADS, weight, MODES[mode][1])
-        assert (out[0] - golden[f"c640.{mode}.s0.8"][0]).abs().max() <= TOL
-        assert (out[1] - golden[f"c640.{mode}.s2.5"][1]).abs().max() <= TOL
+        out = id_attention(attn_golden["c640.base"], attn_golden["c640.q"], k, v, HEADS, weight, MODES[mode][1])
+        assert (out[0] - attn_golden[f"c640.{mode}.s0.8"][0]).abs().max() <= TOL
+        assert (out[1] - attn_golden[f"c640.{mode}.s2.5"][1]).abs().max() <= TOL
 
 
 def reference_attention(q, k, v, heads):
@@ -97,22 +81,22 @@ def reference_attention(q, k, v, heads):
     return (w @ v).transpose(1, 2).reshape(b, n, c)
 
 
-def test_custom_attention_backend(model, golden):
+def test_custom_attention_backend(c640_model, attn_golden):
     calls = []
 
     def backend(q, k, v, heads):
         calls.append((q.shape, k.shape, heads))
         return reference_attention(q, k, v, heads)
 
-    k, v = kv(model, "ortho_v2")
-    out = id_attention(golden["c640.base"], golden["c640.q"], k, v, HEADS, 0.8, "ortho_v2", attention=backend)
+    k, v = kv(c640_model, "ortho_v2")
+    out = id_attention(attn_golden["c640.base"], attn_golden["c640.q"], k, v, HEADS, 0.8, "ortho_v2", attention=backend)
     assert calls == [((2, 64, 640), (2, 18, 640), HEADS)]
-    assert (out - golden["c640.ortho_v2.s0.8"]).abs().max() <= TOL
+    assert (out - attn_golden["c640.ortho_v2.s0.8"]).abs().max() <= TOL
 
 
-def test_mask_and_zero_weight(model, golden):
-    base, q = golden["c640.base"], golden["c640.q"]
-    k, v = kv(model, "ortho")
+def test_mask_and_zero_weight(c640_model, attn_golden):
+    base, q = attn_golden["c640.base"], attn_golden["c640.q"]
+    k, v = kv(c640_model, "ortho")
     full = id_attention(base, q, k, v, HEADS, 2.5, "ortho")
     assert torch.equal(id_attention(base, q, k, v, HEADS, 0.0, "ortho"), base)
     assert torch.equal(id_attention(base, q, k, v, HEADS, 2.5, "ortho", mask=torch.ones(2, 64, 1)), full)
@@ -123,11 +107,11 @@ def test_mask_and_zero_weight(model, golden):
     assert torch.equal(masked[:, 32:], base[:, 32:])
 
 
-def test_single_row_keys_serve_the_batch(model, golden):
-    base, q = golden["c640.base"], golden["c640.q"]
-    k, v = kv(model, "plain")
+def test_single_row_keys_serve_the_batch(c640_model, attn_golden):
+    base, q = attn_golden["c640.base"], attn_golden["c640.q"]
+    k, v = kv(c640_model, "plain")
     out = id_attention(base, q, k[1:], v[1:], HEADS, 0.8, "none")
-    assert (out[1] - golden["c640.plain.s0.8"][1]).abs().max() <= TOL
+    assert (out[1] - attn_golden["c640.plain.s0.8"][1]).abs().max() <= TOL
     with pytest.raises(PuLIDError, match="cannot serve"):
         id_attention(base, q, torch.cat([k, k]), torch.cat([v, v]), HEADS, 0.8, "none")
 
@@ -140,18 +124,18 @@ FP16_TOL_EPS = 4 * 2.0**-11
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_fp16_matches_the_fp32_golden(model, golden, mode):
-    base, q = golden["c640.base"].half(), golden["c640.q"].half()
-    k, v = kv(model, mode)
+def test_fp16_matches_the_fp32_golden(c640_model, attn_golden, mode):
+    base, q = attn_golden["c640.base"].half(), attn_golden["c640.q"].half()
+    k, v = kv(c640_model, mode)
     out = id_attention(base, q, k, v, HEADS, 0.8, MODES[mode][1])
     assert out.dtype == torch.float16
-    expected = golden[f"c640.{mode}.s0.8"]
+    expected = attn_golden[f"c640.{mode}.s0.8"]
     torch.testing.assert_close(out.float(), expected, rtol=0, atol=FP16_TOL_EPS * float(expected.abs().max()))
 
 
-def test_rejects_bad_arguments(model, golden):
-    base, q = golden["c640.base"], golden["c640.q"]
-    k, v = kv(model, "plain")
+def test_rejects_bad_arguments(c640_model, attn_golden):
+    base, q = attn_golden["c640.base"], attn_golden["c640.q"]
+    k, v = kv(c640_model, "plain")
     with pytest.raises(PuLIDError, match="Unknown PuLID projection"):
         id_attention(base, q, k, v, HEADS, 1.0, "orthogonal")
     with pytest.raises(PuLIDError, match="shapes do not fit"):

@@ -1,9 +1,6 @@
 """PuLID checkpoint loading: the four real layouts at full size, the layer table, and wrong files."""
 
-import gc
 import json
-import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +18,8 @@ from pulid_core.layers import (
     module_index_for,
 )
 from pulid_layouts import to_ipadapter_layout
+from tests import pickles
+from tests.memory import load_with_peak
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYOUTS = json.loads((ROOT / "tests" / "data" / "golden" / "checkpoint_layouts.json").read_text())
@@ -84,21 +83,6 @@ FULL_SIZE = {
 }
 
 
-def _rss_peak_reset():
-    """Reset the kernel's peak-RSS counter (Linux); returns the current RSS in bytes, or None."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    return _status_bytes(status, "VmRSS")
-
-
-def _status_bytes(status, field):
-    line = next(line for line in status.splitlines() if line.startswith(field + ":"))
-    return int(line.split()[1]) * 1024
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("filename", sorted(FULL_SIZE))
 def test_full_size_file_loads(tmp_path, filename):
@@ -112,13 +96,10 @@ def test_full_size_file_loads(tmp_path, filename):
     else:
         save_file(state, path)
     del state
-    gc.collect()
-    rss_before = _rss_peak_reset()
-    model = load_pulid(path)
-    if rss_before is not None:
+    model, rise = load_with_peak(load_pulid, path)
+    if rise is not None:
         # At most one transient extra copy of the file while loading.
-        peak = _status_bytes(Path("/proc/self/status").read_text(), "VmHWM")
-        assert peak - rss_before <= 2.2 * path.stat().st_size
+        assert rise <= 2.2 * path.stat().st_size
     assert (model.version, model.num_tokens, model.context_dim) == (version, tokens, 2048)
     assert {p.dtype for p in model.parameters()} == {dtype}
     assert model.layer_widths == {layer.module_index: layer.sdxl_width for layer in SDXL_CROSS_ATTN_LAYERS}
@@ -250,25 +231,12 @@ def test_truncated_file(tmp_path, tiny_pulid_state_dict, suffix, phrase):
     assert path.name in str(err.value)
 
 
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
 def test_malicious_pickle_is_refused(tmp_path, writer):
     marker = tmp_path / "pwned"
     path = tmp_path / "pulid_v1.bin"
-    payload = {"id_adapter.body.0.weight": _RunsCode(marker)}
-    if writer == "torch.save":
-        torch.save(payload, path)
-    else:
-        with open(path, "wb") as f:
-            pickle.dump(payload, f)
+    pickles.write(path, {"id_adapter.body.0.weight": pickles.RunsCode(marker)}, writer)
     with pytest.raises(ModelFileError, match="Refused to load pulid_v1.bin"):
         load_pulid(path)
     assert not marker.exists()
