@@ -233,6 +233,9 @@ def flux_insertions(adapter, ids, inputs: dict, kind: str) -> list:
     extra = {"original_block": lambda _args: out}
     patches = [flux_patch.FluxBlockPatch(context, kind, ca) for i in range(blocks)
                if (ca := core_flux.ca_index(kind, i)) is not None]
+    with torch.inference_mode():  # a timing of insertions that add nothing would be meaningless
+        if torch.equal(patches[0](args, extra)["img"], out["img"]):
+            raise RuntimeError(f"the PuLID-FLUX insertion after a {kind} block left the image stream unchanged")
     return [lambda p=p: p(args, extra) for p in patches]
 
 
@@ -253,10 +256,11 @@ def flux_resolution(plan: FluxPlan, device, dtype, adapter, ids, resolution: int
     that follow blocks of its kind; per repetition r, step_r = 19 double_r + 38 single_r and
     CA_r = the 20 insertions of repetition r."""
     inputs = models.flux_inputs(resolution, plan.tiny, dtype, device)
-    times = {}
+    times, insertions = {}, {}
     for seed, kind in enumerate(("double", "single")):
         block = models.flux_block(kind, plan.tiny, dtype, device, seed=seed)
         calls = flux_insertions(adapter, ids, inputs, kind)
+        insertions[kind] = len(calls)
         got = harness.interleaved({kind: flux_block_call(block, kind, inputs),
                                    f"ca_{kind}": lambda calls=calls: _each(calls)},
                                   plan.reps, plan.warmup, sync=sync)
@@ -269,9 +273,10 @@ def flux_resolution(plan: FluxPlan, device, dtype, adapter, ids, resolution: int
     step = [FLUX_DOUBLE * d + FLUX_SINGLE * s for d, s in zip(times["double"], times["single"], strict=True)]
     ca20 = [a + b for a, b in zip(times["ca_double"], times["ca_single"], strict=True)]
     img_tokens = inputs["img"].shape[1]
-    return {"image_tokens": img_tokens, "text_tokens": inputs["txt"].shape[1],
+    return {"image_tokens": img_tokens, "text_tokens": inputs["txt"].shape[1], "insertions": insertions,
+            "times_s": times,
             "double": harness.Stat.of(times["double"]), "single": harness.Stat.of(times["single"]),
-            "ca_per_call": harness.Stat.of([x / 20 for x in ca20]), "ca20": harness.Stat.of(ca20),
+            "ca_per_call": harness.Stat.of([x / sum(insertions.values()) for x in ca20]), "ca20": harness.Stat.of(ca20),
             "step": harness.Stat.of(step), "ratio": harness.Stat.of([c / s for c, s in zip(ca20, step, strict=True)])}
 
 
