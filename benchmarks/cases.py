@@ -252,24 +252,24 @@ def flux_block_call(block, kind: str, inputs: dict):
 
 
 def flux_resolution(plan: FluxPlan, device, dtype, adapter, ids, resolution: int, sync) -> dict:
-    """One double and one single block, each built alone, timed interleaved with the 10 insertions
-    that follow blocks of its kind; per repetition r, step_r = 19 double_r + 38 single_r and
-    CA_r = the 20 insertions of repetition r."""
+    """One double and one single block (built one after the other, ~1.9 GB in fp32 together) and the
+    10 insertions that follow blocks of each kind, all four timed round-robin in every repetition,
+    so a load change on a shared machine hits blocks and insertions alike; per repetition r,
+    step_r = 19 double_r + 38 single_r and CA_r = the 20 insertions of repetition r."""
     inputs = models.flux_inputs(resolution, plan.tiny, dtype, device)
-    times, insertions = {}, {}
+    fns, insertions = {}, {}
     for seed, kind in enumerate(("double", "single")):
-        block = models.flux_block(kind, plan.tiny, dtype, device, seed=seed)
+        fns[kind] = flux_block_call(models.flux_block(kind, plan.tiny, dtype, device, seed=seed), kind, inputs)
         calls = flux_insertions(adapter, ids, inputs, kind)
         insertions[kind] = len(calls)
-        got = harness.interleaved({kind: flux_block_call(block, kind, inputs),
-                                   f"ca_{kind}": lambda calls=calls: _each(calls)},
-                                  plan.reps, plan.warmup, sync=sync)
-        times.update(got)
-        del block, calls
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        fns[f"ca_{kind}"] = lambda calls=calls: _each(calls)
+    times = harness.interleaved(fns, plan.reps, plan.warmup, sync=sync)
+    del fns  # frees the blocks
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    for kind in ("double", "single"):
         log.info("FLUX %d² %s block %.1f ms, its 10 insertions %.1f ms", resolution, kind,
-                 harness.Stat.of(got[kind]).median * 1e3, harness.Stat.of(got[f"ca_{kind}"]).median * 1e3)
+                 harness.Stat.of(times[kind]).median * 1e3, harness.Stat.of(times[f"ca_{kind}"]).median * 1e3)
     step = [FLUX_DOUBLE * d + FLUX_SINGLE * s for d, s in zip(times["double"], times["single"], strict=True)]
     ca20 = [a + b for a, b in zip(times["ca_double"], times["ca_single"], strict=True)]
     img_tokens = inputs["img"].shape[1]
