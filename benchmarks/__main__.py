@@ -10,7 +10,7 @@ cubiq/PuLID_ComfyUI (imported at run time from --anchor-dir, $PULID_ANCHOR_DIR o
   --tiny    tiny models: checks that the package runs (numbers mean nothing)
   --flux    instead, PuLID-FLUX: one full-size FLUX.1 double and single block and the 20 insertions
             per step at 512² and 1024² (ComfyUI's block classes, random weights; fp32 on the CPU,
-            bf16/fp16 with --device cuda, which also reports VRAM); 1 thread, ~10 min on 2 cores
+            bf16/fp16 with --device cuda, which also reports VRAM); 1 thread, ~15 min on 2 shared cores
             (not in --quick: over 2 minutes). With --tiny: tiny blocks, a smoke run.
 
 Prints a markdown table and writes <out-dir>/cpu.md and cpu.json (default benchmarks/results;
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     size.add_argument("--quick", action="store_true", help="512² and 1024², v1 fidelity, no whole step")
     size.add_argument("--tiny", action="store_true", help="tiny models: a smoke run")
     parser.add_argument("--flux", action="store_true",
-                        help="PuLID-FLUX: full-size FLUX.1 blocks and the 20 insertions per step (~10 min on 2 cores)")
+                        help="PuLID-FLUX: full-size FLUX.1 blocks and the 20 insertions per step (~15 min on 2 cores)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="--flux only: where to run (cuda: the model's dtype, and VRAM after use)")
     parser.add_argument("--anchor-dir", default=None,
@@ -67,7 +67,8 @@ def main(argv=None) -> int:
         parser.error("--device cuda applies to --flux only")
     if args.flux and args.quick:
         parser.error("--flux is its own case (over 2 minutes), not part of --quick: run it apart")
-    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != args.note]  # the note is printed apart
+    given = list(argv if argv is not None else sys.argv[1:])
+    shown = [a for a in given if a not in ("--note", args.note) and not a.startswith("--note=")]  # printed apart
     command = "python -m benchmarks" + "".join(f" {a}" for a in shown)
     if args.flux:
         return run_flux(args, command)
