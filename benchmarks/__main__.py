@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick | --tiny] [--anchor-dir DIR] [--out-dir DIR]
+"""python -m benchmarks [--quick | --tiny] [--flux [--device cuda]] [--anchor-dir DIR] [--out-dir DIR]
 
 What PuLID's ID branch costs per attn2 call and per sampling step, next to the archived
 cubiq/PuLID_ComfyUI (imported at run time from --anchor-dir, $PULID_ANCHOR_DIR or
@@ -8,9 +8,14 @@ cubiq/PuLID_ComfyUI (imported at run time from --anchor-dir, $PULID_ANCHOR_DIR o
   (default) also v1 style/neutral and v1.1 fidelity, more repetitions, and the unpatched whole
             step for the share of a step (builds the fp32 SDXL UNet: ~10 GB RAM, slow on a CPU)
   --tiny    tiny models: checks that the package runs (numbers mean nothing)
+  --flux    instead, PuLID-FLUX: one full-size FLUX.1 double and single block and the 20 insertions
+            per step at 512² and 1024² (ComfyUI's block classes, random weights; fp32 on the CPU,
+            bf16/fp16 with --device cuda, which also reports VRAM); 1 thread, ~15 min on 2 shared cores
+            (not in --quick: over 2 minutes). With --tiny: tiny blocks, a smoke run.
 
 Prints a markdown table and writes <out-dir>/cpu.md and cpu.json (default benchmarks/results;
---tiny writes only where --out-dir says).
+--tiny writes only where --out-dir says); --flux replaces only their PuLID-FLUX section, the
+other runs keep it (--device cuda: gpu.md / gpu.json).
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ def main(argv=None) -> int:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="512² and 1024², v1 fidelity, no whole step")
     size.add_argument("--tiny", action="store_true", help="tiny models: a smoke run")
+    parser.add_argument("--flux", action="store_true",
+                        help="PuLID-FLUX: full-size FLUX.1 blocks and the 20 insertions per step (~15 min on 2 cores)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="--flux only: where to run (cuda: the model's dtype, and VRAM after use)")
     parser.add_argument("--anchor-dir", default=None,
                         help=f"the archived PuLID_ComfyUI folder (default ${models.ANCHOR_ENV} or "
                              f"{models.DEFAULT_ANCHOR_DIR})")
@@ -54,6 +63,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if args.device == "cuda" and not args.flux:
+        parser.error("--device cuda applies to --flux only")
+    if args.flux and args.quick:
+        parser.error("--flux is its own case (over 2 minutes), not part of --quick: run it apart")
+    given = list(argv if argv is not None else sys.argv[1:])
+    shown = [a for a in given if a not in ("--note", args.note) and not a.startswith("--note=")]  # printed apart
+    command = "python -m benchmarks" + "".join(f" {a}" for a in shown)
+    if args.flux:
+        return run_flux(args, command)
 
     plan = plan_for(args)
     threads = args.threads or (1 if plan.profile in ("quick", "tiny") else 0)
@@ -61,8 +79,6 @@ def main(argv=None) -> int:
         torch.set_num_threads(threads)
     if args.reps:
         plan.reps = args.reps
-    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != args.note]  # the note is printed apart
-    command = "python -m benchmarks" + "".join(f" {a}" for a in shown)
     started = time.perf_counter()
     results = cases.run(plan, models.anchor_dir(args.anchor_dir))
     results["machine"] = report.machine(results["env"].comfy_root)
@@ -71,11 +87,43 @@ def main(argv=None) -> int:
     print(text)
     out_dir = args.out_dir or (None if args.tiny else models.REPO / "benchmarks" / "results")
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "cpu.md").write_text(text)
-        (out_dir / "cpu.json").write_text(json.dumps(report.as_json(results), indent=1, default=str))
-        logging.getLogger("benchmarks").info("wrote %s", out_dir / "cpu.md")
+        write(out_dir, sdxl=(text, report.as_json(results)))
     return 0
+
+
+def run_flux(args, command: str) -> int:
+    plan = cases.FluxPlan(tiny=args.tiny, device=args.device)
+    if args.tiny:
+        plan.resolutions, plan.reps = (64, 128), 3
+    if args.reps:
+        plan.reps = args.reps
+    torch.set_num_threads(args.threads or 1)  # as --quick: long calls, but a shared machine's barriers stall
+    started = time.perf_counter()
+    results = cases.run_flux(plan)
+    results["machine"] = report.machine(results["comfy_root"], plan.device)
+    results["machine"]["wall_s"] = round(time.perf_counter() - started)
+    text = report.flux_markdown(results, command, note=args.note)
+    print(text)
+    out_dir = args.out_dir or (None if args.tiny else models.REPO / "benchmarks" / "results")
+    if out_dir is not None:
+        write(out_dir, flux=(text, report.flux_json(results)), stem=plan.device if plan.device == "cpu" else "gpu")
+    return 0
+
+
+def write(out_dir: Path, sdxl=None, flux=None, stem: str = "cpu") -> None:
+    """<stem>.md / .json in ``out_dir`` (cpu, or gpu for --device cuda): the given parts replaced,
+    the others kept."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
+    old_md = md.read_text() if md.is_file() else ""
+    try:
+        old_js = json.loads(js.read_text()) if js.is_file() else {}
+    except ValueError:
+        old_js = {}
+    md.write_text(report.merge_markdown(old_md, sdxl=sdxl and sdxl[0], flux=flux and flux[0]))
+    js.write_text(json.dumps(report.merge_json(old_js, sdxl=sdxl and sdxl[1], flux=flux and flux[1]), indent=1,
+                             default=str))
+    logging.getLogger("benchmarks").info("wrote %s", md)
 
 
 if __name__ == "__main__":

@@ -183,3 +183,133 @@ def run(plan: Plan, anchor_path) -> dict:
             results["steps"][resolution] = whole_step(env, resolution, plan)
             log.info("unpatched step %d²: %.2f s", resolution, results["steps"][resolution].median)
     return results
+
+
+# -- PuLID-FLUX ------------------------------------------------------------------------------
+# A step of FLUX.1: 19 double-stream and 38 single-stream blocks (the embedders and the final
+# layer are small next to them and left out). PuLID-FLUX adds one CA call after double blocks
+# 0, 2, ..., 18 and single blocks 0, 4, ..., 36: 10 + 10 per step.
+FLUX_DOUBLE, FLUX_SINGLE = 19, 38
+
+
+@dataclass
+class FluxPlan:
+    resolutions: tuple = (512, 1024)
+    reps: int = 5
+    warmup: int = 1
+    tiny: bool = False
+    device: str = "cpu"
+    profile: str = "flux"
+
+
+def flux_dtype(device: torch.device) -> torch.dtype:
+    """fp32 on the CPU; on a GPU the dtype ComfyUI runs FLUX.1 in (bf16, fp16 where bf16 is missing)."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def flux_insertions(adapter, ids, inputs: dict, kind: str) -> list:
+    """The pack's 10 block patches of one kind (FluxBlockPatch -> pulid_core.flux.add_identity), as
+    Apply PuLID (FLUX) installs them, each around a stand-in occupant that returns the block's
+    output at once: a call of one costs what the insertion adds to its block."""
+    from comfyui_pulid.nodes import flux_patch
+
+    from pulid_core import flux as core_flux
+
+    context = flux_patch.FluxIDContext(adapter.patcher, ids, ids, weight=1.0, sigma_start=float("inf"),
+                                       sigma_end=0.0)
+    img, txt = inputs["img"], inputs["txt"]
+    options = {"cond_or_uncond": [0], "sigmas": torch.tensor([SIGMA], device=img.device),
+               flux_patch.GRID: inputs["grid"], flux_patch.STREAMS: {"txt": txt.shape[1]}}
+    if kind == "double":
+        args = {"img": img, "txt": txt, "vec": inputs["vec"], "pe": inputs["pe"], "transformer_options": options}
+        blocks = FLUX_DOUBLE
+    else:
+        joint = torch.cat([txt, img], dim=1)
+        args = {"img": joint, "vec": inputs["vec"], "pe": inputs["pe"], "transformer_options": options}
+        blocks = FLUX_SINGLE
+    out = {k: v for k, v in args.items() if k in ("img", "txt")}
+    extra = {"original_block": lambda _args: out}
+    patches = [flux_patch.FluxBlockPatch(context, kind, ca) for i in range(blocks)
+               if (ca := core_flux.ca_index(kind, i)) is not None]
+    with torch.inference_mode():  # a timing of insertions that add nothing would be meaningless
+        if torch.equal(patches[0](args, extra)["img"], out["img"]):
+            raise RuntimeError(f"the PuLID-FLUX insertion after a {kind} block left the image stream unchanged")
+    return [lambda p=p: p(args, extra) for p in patches]
+
+
+def _each(calls):
+    for call in calls:
+        call()
+
+
+def flux_block_call(block, kind: str, inputs: dict):
+    if kind == "double":
+        return lambda: block(img=inputs["img"], txt=inputs["txt"], vec=inputs["vec"], pe=inputs["pe"])
+    joint = torch.cat([inputs["txt"], inputs["img"]], dim=1)
+    return lambda: block(joint, vec=inputs["vec"], pe=inputs["pe"])
+
+
+def flux_resolution(plan: FluxPlan, device, dtype, adapter, ids, resolution: int, sync) -> dict:
+    """One double and one single block (built one after the other, ~1.9 GB in fp32 together) and the
+    10 insertions that follow blocks of each kind, all four timed round-robin in every repetition,
+    so a load change on a shared machine hits blocks and insertions alike; per repetition r,
+    step_r = 19 double_r + 38 single_r and CA_r = the 20 insertions of repetition r."""
+    inputs = models.flux_inputs(resolution, plan.tiny, dtype, device)
+    fns, insertions = {}, {}
+    for seed, kind in enumerate(("double", "single")):
+        fns[kind] = flux_block_call(models.flux_block(kind, plan.tiny, dtype, device, seed=seed), kind, inputs)
+        calls = flux_insertions(adapter, ids, inputs, kind)
+        insertions[kind] = len(calls)
+        fns[f"ca_{kind}"] = lambda calls=calls: _each(calls)
+    times = harness.interleaved(fns, plan.reps, plan.warmup, sync=sync)
+    del fns  # frees the blocks
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    for kind in ("double", "single"):
+        log.info("FLUX %d² %s block %.1f ms, its 10 insertions %.1f ms", resolution, kind,
+                 harness.Stat.of(times[kind]).median * 1e3, harness.Stat.of(times[f"ca_{kind}"]).median * 1e3)
+    step = [FLUX_DOUBLE * d + FLUX_SINGLE * s for d, s in zip(times["double"], times["single"], strict=True)]
+    ca20 = [a + b for a, b in zip(times["ca_double"], times["ca_single"], strict=True)]
+    img_tokens = inputs["img"].shape[1]
+    return {"image_tokens": img_tokens, "text_tokens": inputs["txt"].shape[1], "insertions": insertions,
+            "times_s": times,
+            "double": harness.Stat.of(times["double"]), "single": harness.Stat.of(times["single"]),
+            "ca_per_call": harness.Stat.of([x / sum(insertions.values()) for x in ca20]), "ca20": harness.Stat.of(ca20),
+            "step": harness.Stat.of(step), "ratio": harness.Stat.of([c / s for c, s in zip(ca20, step, strict=True)])}
+
+
+def run_flux(plan: FluxPlan) -> dict:
+    """The 20 PuLID-FLUX insertions per FLUX.1 step next to an estimated step, per resolution;
+    on a GPU, the memory the adapter leaves allocated after ComfyUI offloads it."""
+    device = torch.device(plan.device)
+    comfy_root = models.setup_comfy(device.type)
+    dtype = flux_dtype(device)
+    sync = harness.synchronizer(device)
+    adapter, ids = models.build_flux_adapter(plan.tiny, dtype)
+    vram = None
+    if device.type == "cuda":
+        import comfy.model_management as mm
+
+        torch.cuda.reset_peak_memory_stats()
+        mm.load_models_gpu([adapter.patcher], force_full_load=True)
+    ids = ids.to(device)
+    ca = adapter.model.pulid_ca[0]
+    results = {"plan": plan, "comfy_root": comfy_root, "dtype": str(dtype).replace("torch.", ""),
+               "ca_sizes": {"dim": adapter.model.ca_dim, "inner": ca.to_q.weight.shape[0],
+                            "kv_dim": ids.shape[-1], "tokens": ids.shape[1]},
+               "resolutions": {}}
+    for resolution in plan.resolutions:
+        results["resolutions"][resolution] = flux_resolution(plan, device, dtype, adapter, ids, resolution, sync)
+    if device.type == "cuda":
+        from comfyui_pulid.nodes.comfy_compat import offload_model
+
+        sync()
+        peak = torch.cuda.max_memory_allocated()
+        offload_model(adapter.patcher)
+        del ids
+        torch.cuda.empty_cache()
+        vram = {"peak_bytes": peak, "after_offload_bytes": torch.cuda.memory_allocated()}
+    results["vram"] = vram
+    return results

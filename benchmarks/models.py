@@ -242,3 +242,80 @@ def anchor_fires(key) -> bool:
     """Whether the anchor's patch at this ComfyUI key is ever called: it keys the middle block's
     ten layers ("middle", 1, i), while ComfyUI calls them ("middle", 0, i)."""
     return key[0] != "middle"
+
+
+# -- FLUX.1 -------------------------------------------------------------------------
+# FLUX.1's transformer (dev / schnell: ComfyUI's model_detection values): 3072 wide, 24 heads of
+# 128, MLP ratio 4, qkv biases, RoPE over (index, row, column) with axes 16 + 56 + 56 and theta 10000.
+FLUX_BLOCK = dict(hidden_size=3072, num_heads=24, mlp_ratio=4.0, axes_dim=(16, 56, 56), theta=10000)
+FLUX_TEXT_TOKENS = 512  # T5-XXL tokens: FLUX.1-dev's max_sequence_length in BFL's reference sampling code
+FLUX_ID_TOKENS = 32  # the IDFormer's output tokens, 2048 wide
+# Tiny: one 128-wide head (the tests' tiny PuLID-FLUX CA is 128 wide), a few text tokens.
+TINY_FLUX_BLOCK = dict(hidden_size=128, num_heads=1, mlp_ratio=4.0, axes_dim=(16, 56, 56), theta=10000)
+TINY_FLUX_TEXT_TOKENS = 8
+
+
+def flux_block(kind: str, tiny: bool, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    """One FLUX.1 double- or single-stream block built by ComfyUI's own classes, random weights."""
+    import comfy.ldm.flux.layers as layers
+    import comfy.ops
+
+    sizes = TINY_FLUX_BLOCK if tiny else FLUX_BLOCK
+    args = dict(hidden_size=sizes["hidden_size"], num_heads=sizes["num_heads"], mlp_ratio=sizes["mlp_ratio"],
+                dtype=torch.float32, device=torch.device("cpu"), operations=comfy.ops.disable_weight_init)
+    block = (layers.DoubleStreamBlock(qkv_bias=True, **args) if kind == "double"
+             else layers.SingleStreamBlock(**args))
+    state = random_state({k: tuple(v.shape) for k, v in block.state_dict().items()}, seed=seed, dtype=dtype)
+    block.load_state_dict(state, assign=True)
+    del state
+    return block.to(device).eval()
+
+
+def flux_inputs(resolution: int, tiny: bool, dtype: torch.dtype, device: torch.device, seed: int = 0) -> dict:
+    """What a block gets at a resolution, batch 1 (FLUX.1-dev is guidance-distilled: cfg 1):
+    img [1, (res/16)², C], txt [1, T, C], vec [1, C] and the rotary embedding ``pe`` of the
+    joint sequence (text ids zero, image ids (0, row, column) as ComfyUI's FLUX makes them)."""
+    import comfy.ldm.flux.layers as layers
+
+    sizes = TINY_FLUX_BLOCK if tiny else FLUX_BLOCK
+    width = sizes["hidden_size"]
+    text = TINY_FLUX_TEXT_TOKENS if tiny else FLUX_TEXT_TOKENS
+    side = resolution // 16  # 8x VAE, then 2x2 latent patches per token
+    gen = torch.Generator().manual_seed(seed)
+    img = torch.randn(1, side * side, width, generator=gen)
+    txt = torch.randn(1, text, width, generator=gen)
+    vec = torch.randn(1, width, generator=gen)
+    img_ids = torch.zeros(side, side, 3)
+    img_ids[..., 1] = torch.arange(side, dtype=torch.float32)[:, None]
+    img_ids[..., 2] = torch.arange(side, dtype=torch.float32)[None, :]
+    ids = torch.cat([torch.zeros(1, text, 3), img_ids.reshape(1, side * side, 3)], dim=1)
+    embed = layers.EmbedND(dim=width // sizes["num_heads"], theta=sizes["theta"], axes_dim=list(sizes["axes_dim"]))
+    pe = embed(ids)
+    cast = dict(device=device, dtype=dtype)
+    return {"img": img.to(**cast), "txt": txt.to(**cast), "vec": vec.to(**cast), "pe": pe.to(device),
+            "grid": (side, side)}
+
+
+def build_flux_adapter(tiny: bool, dtype: torch.dtype):
+    """(PuLIDAdapter as Load PuLID Model builds it for pulid_flux_v0.9.1, ID tokens [1, 32, 2048]),
+    random weights in ``dtype`` (the model's compute dtype: no cast per call)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    from comfyui_pulid.nodes.loaders import PuLIDAdapter
+
+    from pulid_core import load_pulid
+
+    if tiny:
+        from pulid_layouts import flux_shapes, tiny_flux_sizes
+
+        shapes = flux_shapes(**tiny_flux_sizes())
+    else:
+        layouts = json.loads((REPO / "tests" / "data" / "golden" / "pulid_flux_layout.json").read_text())
+        shapes = next(iter(layouts.values()))
+    state = random_state(shapes, seed=13, dtype=dtype)
+    patcher = comfy.model_patcher.ModelPatcher(load_pulid(state), load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    gen = torch.Generator().manual_seed(4)
+    context_dim = patcher.model.context_dim
+    ids = torch.randn(1, FLUX_ID_TOKENS, context_dim, generator=gen).to(dtype)
+    return PuLIDAdapter(patcher, "pulid_flux_v0.9.1 (random weights)"), ids

@@ -18,9 +18,11 @@ TARGET_SYNCS = 0
 TARGET_KERNELS = 10
 
 
-def machine(comfy_root) -> dict:
+def machine(comfy_root, device: str = "cpu") -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cores": os.cpu_count(), "device": "cpu", "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+            "cores": os.cpu_count(), "device": device, "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
             if line.startswith("Model name:"):
@@ -147,3 +149,91 @@ def as_json(results: dict) -> dict:
             "anchor_missing": env.anchor_missing, "modes": modes,
             "steps": {str(k): v.as_dict() for k, v in results["steps"].items()},
             "targets": [{"target": t, "measured": m, "verdict": v} for t, m, v in targets(results)]}
+
+
+# -- PuLID-FLUX ------------------------------------------------------------------------------
+FLUX_BEGIN = "<!-- PuLID-FLUX section: written by python -m benchmarks --flux -->"
+FLUX_END = "<!-- end of the PuLID-FLUX section -->"
+
+
+def _mib(n) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def flux_markdown(results: dict, command: str, note: str = "") -> str:
+    plan, info = results["plan"], results["machine"]
+    load = info.get("load_average")
+    where = (f"CPU {info.get('cpu', '?')}, {info['cores']} cores, torch threads {info['threads']}"
+             f" (OMP_NUM_THREADS={info['omp_num_threads']})" if plan.device == "cpu" else
+             f"GPU {info.get('gpu', '?')}")
+    lines = [
+        "## PuLID-FLUX: the 20 insertions per FLUX.1 step", "",
+        f"`{command}` · {where} · load average {load} at the end of the run · torch {info['torch']}, "
+        f"ComfyUI {info.get('comfyui', '?')}, commit {info.get('commit', '?')} · {results['dtype']}, batch 1 "
+        f"(cfg 1, as FLUX.1-dev runs) · {plan.reps} interleaved repetitions · wall {info.get('wall_s', '?')} s"
+        + (" · **tiny models (a smoke run: not a measurement)**" if plan.tiny else ""),
+        "",
+    ]
+    if note:
+        lines += [note, ""]
+    sizes = models.TINY_FLUX_BLOCK if plan.tiny else models.FLUX_BLOCK
+    ca = results["ca_sizes"]
+    lines += [
+        f"A whole FLUX.1 step does not fit a small machine's time, so one {'tiny' if plan.tiny else 'full-size'} "
+        "double-stream and one single-stream block (ComfyUI's own `DoubleStreamBlock` / `SingleStreamBlock`, "
+        f"{sizes['hidden_size']} wide, {sizes['num_heads']} heads, MLP ratio {sizes['mlp_ratio']:g}, random "
+        "weights), and the PuLID-FLUX insertions that follow blocks of each kind are timed round-robin in "
+        "every repetition: the pack's own block patches (`FluxBlockPatch` -> `pulid_core.flux.add_identity`; "
+        f"`PerceiverAttentionCA` {ca['dim']} wide, inner {ca['inner']}, ID tokens {ca['tokens']} × "
+        f"{ca['kv_dim']}) around a stand-in occupant that returns the block's output. Step ≈ 19 double + 38 single blocks "
+        "(embedders and final layer left out); 20 insertions = 10 after double + 10 after single blocks, "
+        "summed per repetition. Median [IQR] in ms.", "",
+        "| resolution | tokens (text + image) | double block | single block | step ≈ 19 d + 38 s | "
+        "one insertion (CA call) | 20 insertions | 20 insertions / step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for res, r in results["resolutions"].items():
+        ratio = r["ratio"]
+        lines.append(f"| {res}² | {r['text_tokens']} + {r['image_tokens']} | {ms(r['double'])} | {ms(r['single'])} "
+                     f"| {ms(r['step'])} | {ms(r['ca_per_call'])} | {ms(r['ca20'])} | {ratio.median:.1%} "
+                     f"[{ratio.q1:.1%}–{ratio.q3:.1%}] |")
+    lines.append("")
+    vram = results.get("vram")
+    if vram is None:
+        lines += ["VRAM: not measured (CPU run).", ""]
+    else:
+        lines += [f"VRAM: peak allocated {_mib(vram['peak_bytes'])} (adapter, one block and activations); "
+                  f"allocated after ComfyUI offloaded the adapter and the blocks were freed: "
+                  f"{_mib(vram['after_offload_bytes'])}.", ""]
+    return "\n".join(lines)
+
+
+def flux_json(results: dict) -> dict:
+    plan = results["plan"]
+    return {"machine": results["machine"], "dtype": results["dtype"], "device": plan.device, "reps": plan.reps,
+            "tiny": plan.tiny, "vram": results.get("vram"), "ca_sizes": results["ca_sizes"],
+            "resolutions": {str(res): {k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in r.items()}
+                            for res, r in results["resolutions"].items()}}
+
+
+def merge_markdown(existing: str, sdxl: str | None = None, flux: str | None = None) -> str:
+    """cpu.md with its SDXL part and/or its PuLID-FLUX section replaced; the other part is kept,
+    so ``--quick`` and ``--flux`` runs do not overwrite each other's results."""
+    old_sdxl, old_flux = existing, ""
+    if FLUX_BEGIN in existing:
+        old_sdxl, rest = existing.split(FLUX_BEGIN, 1)
+        old_flux = rest.split(FLUX_END, 1)[0]
+    sdxl_part = (sdxl if sdxl is not None else old_sdxl).rstrip("\n")
+    flux_part = (flux if flux is not None else old_flux).strip("\n")
+    if not flux_part:
+        return sdxl_part + "\n"
+    return f"{sdxl_part}\n\n{FLUX_BEGIN}\n{flux_part}\n{FLUX_END}\n".lstrip("\n")
+
+
+def merge_json(existing: dict, sdxl: dict | None = None, flux: dict | None = None) -> dict:
+    out = dict(sdxl) if sdxl is not None else {k: v for k, v in existing.items() if k != "flux"}
+    if flux is not None:
+        out["flux"] = flux
+    elif "flux" in existing:
+        out["flux"] = existing["flux"]
+    return out

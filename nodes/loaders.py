@@ -106,11 +106,14 @@ class PuLIDModelLoader(io.ComfyNode):
             node_id="PuLIDModelLoader",
             display_name="Load PuLID Model",
             category="pulid",
-            description="Loads a PuLID SDXL adapter (v1 or v1.1, official or IPAdapter-format file) from "
-                        "models/pulid. The version is detected from the weights.",
+            description="Loads a PuLID adapter from models/pulid: SDXL (v1 or v1.1, official or "
+                        "IPAdapter-format file) or FLUX.1 (pulid_flux_v0.9.1 / v0.9.0). The version is "
+                        "detected from the weights; FLUX adapters go to Apply PuLID (FLUX).",
             inputs=[io.Combo.Input("pulid_file", options=_file_combo("pulid"),
-                                   tooltip="pulid_v1.1.safetensors, pulid_v1.bin or "
-                                           "ip-adapter_pulid_sdxl_fp16.safetensors in models/pulid")],
+                                   tooltip="SDXL: pulid_v1.1.safetensors, pulid_v1.bin or "
+                                           "ip-adapter_pulid_sdxl_fp16.safetensors; FLUX.1: "
+                                           "pulid_flux_v0.9.1.safetensors or pulid_flux_v0.9.0.safetensors "
+                                           "(in models/pulid)")],
             outputs=[PuLID.Output(display_name="PULID")],
         )
 

@@ -62,6 +62,7 @@ _WHERE_IT_BELONGS = {
     "PhotoMaker": "load it with the PhotoMaker loader (models/photomaker)",
     "EVA-CLIP": "it is the EVA-CLIP vision tower, loaded by the EVA-CLIP loader",
     "checkpoint": "load it with Load Checkpoint (models/checkpoints)",
+    "diffusion model": "load it with Load Diffusion Model (models/diffusion_models)",
     "LoRA": "load it with a LoRA loader (models/loras)",
     "IP-Adapter": "load it with an IPAdapter / InstantID loader",
 }

@@ -241,6 +241,16 @@ def guess_kind(keys) -> str:
     """A short human description of what a state dict looks like, for error messages."""
     keys = list(keys)
     has = lambda *frags: any(all(f in k for f in frags) for k in keys)  # noqa: E731
+    if has("pulid_ca.") or has("pulid_encoder."):
+        return "a PuLID-FLUX file"
+    # FLUX.1's transformer: 19 double-stream and 38 single-stream blocks (ComfyUI / BFL key names,
+    # bare or under model.diffusion_model.; diffusers names them transformer_blocks / single_transformer_blocks).
+    if has("double_blocks.") and has("single_blocks."):
+        if has("distilled_guidance_layer"):
+            return "a Chroma diffusion model"
+        return "a FLUX checkpoint" if has("model.diffusion_model.") else "a FLUX diffusion model"
+    if has("single_transformer_blocks.") and has("transformer_blocks."):
+        return "a FLUX diffusion model (diffusers format)"
     if has("qformer_perceiver"):
         return "a PhotoMaker v2 file"
     if has("fuse_module") or (has("id_encoder") and has("lora_weights")):

@@ -50,3 +50,47 @@ def test_benchmark_says_when_the_anchor_is_absent(tmp_path):
     assert data["anchor"] is None
     assert all(r["step_anchor"] is None for r in data["modes"]["v1 fidelity"]["resolutions"].values())
     assert "| ID branch per step ≤ 0.3× the anchor at 64² | anchor absent | not measured |" in stdout
+
+
+# -- PuLID-FLUX --------------------------------------------------------------------------------
+
+def test_flux_benchmark_runs_and_its_step_and_ratio_add_up(tmp_path):
+    """`--flux --tiny`: ComfyUI's FLUX blocks and the pack's 20 insertions at tiny sizes; the step is
+    19 double + 38 single blocks and the ratio is the 20 insertions over it, per repetition; a
+    cpu.md written by another run keeps its part."""
+    import statistics
+
+    (tmp_path / "cpu.md").write_text("# the SDXL table of an earlier run\n")
+    (tmp_path / "cpu.json").write_text(json.dumps({"modes": {"v1 fidelity": {}}}))
+    args = [sys.executable, "-m", "benchmarks", "--flux", "--tiny", "--out-dir", str(tmp_path)]
+    run = subprocess.run(args, cwd=comfy_harness.REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    assert "## PuLID-FLUX: the 20 insertions per FLUX.1 step" in run.stdout and "| 64² | 8 + 16 |" in run.stdout
+    md = (tmp_path / "cpu.md").read_text()
+    assert md.startswith("# the SDXL table of an earlier run\n") and run.stdout.strip() in md
+    data = json.loads((tmp_path / "cpu.json").read_text())
+    assert data["modes"] == {"v1 fidelity": {}}  # the other run's results are kept
+    flux = data["flux"]
+    assert flux["tiny"] and flux["vram"] is None and flux["ca_sizes"]["tokens"] == 32
+    for res, tokens in (("64", 16), ("128", 64)):
+        r = flux["resolutions"][res]
+        assert r["image_tokens"] == tokens and r["insertions"] == {"double": 10, "single": 10}
+        t = r["times_s"]
+        assert all(len(v) == 3 and min(v) > 0 for v in t.values())
+        step = [19 * d + 38 * s for d, s in zip(t["double"], t["single"])]
+        ca20 = [a + b for a, b in zip(t["ca_double"], t["ca_single"])]
+        assert r["step"]["median_s"] == pytest.approx(statistics.median(step))
+        assert r["ca20"]["median_s"] == pytest.approx(statistics.median(ca20))
+        assert r["ratio"]["median_s"] == pytest.approx(statistics.median(c / s for c, s in zip(ca20, step)))
+        assert r["double"]["median_s"] == pytest.approx(statistics.median(t["double"]))
+
+
+def test_the_sdxl_and_flux_parts_of_cpu_md_replace_only_themselves():
+    from benchmarks import report
+
+    both = report.merge_markdown("", sdxl="# SDXL v1\n", flux="## FLUX v1\n")
+    assert both.index("# SDXL v1") < both.index("## FLUX v1")
+    assert report.merge_markdown(both, sdxl="# SDXL v2") == both.replace("# SDXL v1", "# SDXL v2")
+    assert report.merge_markdown(both, flux="## FLUX v2") == both.replace("## FLUX v1", "## FLUX v2")
+    assert report.merge_json({"modes": 1, "flux": 2}, sdxl={"modes": 3}) == {"modes": 3, "flux": 2}
+    assert report.merge_json({"modes": 1, "flux": 2}, flux=4) == {"modes": 1, "flux": 4}

@@ -194,3 +194,64 @@ def test_a_damaged_used_file_is_still_an_error(pack_dir, tmp_path):
     (folder / "scrfd_10g_bnkps.onnx").write_bytes(JUNK["html"])
     with pytest.raises(ModelFileError, match="scrfd_10g_bnkps.onnx"):
         load_face_analysis(str(tmp_path))
+
+
+# -- a file for another loader is named: PuLID-FLUX and FLUX.1 ---------------------------------
+
+# FLUX.1's transformer keys as BFL / ComfyUI name them (a few of each kind are enough to be recognised).
+FLUX_UNET_KEYS = ["img_in.weight", "txt_in.weight", "double_blocks.0.img_attn.qkv.weight",
+                  "double_blocks.18.txt_mlp.2.weight", "single_blocks.0.linear1.weight",
+                  "single_blocks.37.linear2.weight", "final_layer.linear.weight"]
+
+
+def _flux_adapter_keys():
+    from pulid_layouts import flux_shapes
+
+    return list(flux_shapes())
+
+
+@pytest.mark.parametrize(
+    "keys, kind",
+    [
+        (_flux_adapter_keys(), "a PuLID-FLUX file"),
+        ([k for k in _flux_adapter_keys() if k.startswith("pulid_ca.")], "a PuLID-FLUX file"),
+        (FLUX_UNET_KEYS, "a FLUX diffusion model"),
+        (["model.diffusion_model." + k for k in FLUX_UNET_KEYS] + ["text_encoders.t5xxl.x"], "a FLUX checkpoint"),
+        (["transformer_blocks.0.attn.to_q.weight", "single_transformer_blocks.0.proj_mlp.weight"],
+         "a FLUX diffusion model (diffusers format)"),
+        (FLUX_UNET_KEYS + ["distilled_guidance_layer.in_proj.weight"], "a Chroma diffusion model"),
+        # Not taken for FLUX: SDXL's UNet has neither kind of block.
+        (["model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.0.x"], "an SDXL checkpoint"),
+    ],
+)
+def test_guess_kind_names_flux_files(keys, kind):
+    assert pio.guess_kind(keys) == kind
+
+
+def _save(path, keys):
+    from safetensors.torch import save_file
+
+    save_file({k: torch.zeros(1) for k in keys}, str(path))
+    return path
+
+
+def test_a_pulid_flux_file_in_the_eva_clip_or_photomaker_loader_is_named(tmp_path):
+    from pulid_core import load_eva_clip
+    from pulid_core.photomaker import load_photomaker
+
+    path = _save(tmp_path / "pulid_flux_v0.9.1.safetensors", _flux_adapter_keys())
+    with pytest.raises(ModelFileError, match="pulid_flux_v0.9.1.safetensors is not an EVA02-CLIP vision tower: "
+                                             "it looks like a PuLID-FLUX file"):
+        load_eva_clip(path)
+    with pytest.raises(ModelFileError, match="pulid_flux_v0.9.1.safetensors is not a PhotoMaker file: it looks "
+                                             "like a PuLID-FLUX file"):
+        load_photomaker(path)
+
+
+def test_a_flux_diffusion_model_in_load_pulid_is_named_with_its_loader(tmp_path):
+    from pulid_core import load_pulid
+
+    path = _save(tmp_path / "flux1-dev.safetensors", FLUX_UNET_KEYS)
+    with pytest.raises(ModelFileError, match=r"flux1-dev.safetensors is not a PuLID model: it looks like a FLUX "
+                                             r"diffusion model \(load it with Load Diffusion Model"):
+        load_pulid(path)
