@@ -107,7 +107,9 @@ def kernels_and_syncs(fn) -> dict:
     has_child = set()
     for e in events:
         parent = getattr(e, "cpu_parent", None)
-        if parent is not None and id(parent) in ids:
+        # A parent is a dispatch wrapper when a child computes; one whose children only make
+        # views or allocate (a fused kernel such as SDPA's) is itself the kernel.
+        if parent is not None and id(parent) in ids and e.name not in VIEW_OPS:
             has_child.add(id(parent))
     kernels, syncs, ops = 0, 0, {}
     for e in events:

@@ -1,8 +1,9 @@
 """The sampling path's ID attention: equal to the authors' numbers with the zero tokens left out of the
-matmuls, and a fixed, small amount of work per call with no host-device synchronisation.
+attention, and a fixed, small amount of work per call with no host-device synchronisation.
 
-Kernels and syncs are counted with torch.profiler on the CPU (a GPU runs the same aten ops): a
-regression (a second QK^T, a ``.item()``, a per-call ``torch.tensor``) turns this red.
+Kernels and syncs are counted with torch.profiler on the CPU (a GPU runs the same aten ops; only
+fp16/bf16 differ, see CPU_CASTS): a regression (a copy, an unfused attention, a ``.item()``, a
+per-call ``torch.tensor``) turns this red.
 """
 
 from pathlib import Path
