@@ -85,6 +85,7 @@ VIEW_OPS = {
     "aten::empty_like", "aten::resolve_conj", "aten::resolve_neg", "aten::result_type", "aten::size",
     "aten::stride", "aten::numel", "aten::dim", "aten::contiguous", "aten::_unsafe_view",
     "aten::detach_", "aten::to",  # a no-op when nothing changes; a real cast shows its aten::copy_ child
+    "aten::unfold", "aten::resize_",  # a strided view; an allocation
 }
 # Host-device synchronisations: a tensor's value read on the host (item, float(), bool(), if t:),
 # data-dependent shapes (nonzero) and tensors built from Python data (a blocking copy from pageable
