@@ -162,7 +162,7 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
     heads = kv.heads
     if kv.rows != batch:
         raise PuLIDError(f"ID keys for {kv.rows} rows cannot serve a batch of {batch}.")
-    qh = q.view(batch, n, heads, -1).transpose(1, 2)  # [B, h, N, d], a view
+    qh = q.reshape(batch, n, heads, -1).transpose(1, 2)  # [B, h, N, d], a view of a contiguous q
     # The weight is folded into v; the result is a fresh tensor, updated in place below.
     ident = F.scaled_dot_product_attention(qh, kv.k, kv.v, attn_mask=kv.mask, scale=kv.scale)
     ident = ident.transpose(1, 2).reshape(batch, n, inner)  # a view where the kernel wrote token-major
