@@ -85,6 +85,7 @@ VIEW_OPS = {
     "aten::empty_like", "aten::resolve_conj", "aten::resolve_neg", "aten::result_type", "aten::size",
     "aten::stride", "aten::numel", "aten::dim", "aten::contiguous", "aten::_unsafe_view",
     "aten::detach_", "aten::to",  # a no-op when nothing changes; a real cast shows its aten::copy_ child
+    "aten::unfold", "aten::resize_",  # a strided view; an allocation
 }
 # Host-device synchronisations: a tensor's value read on the host (item, float(), bool(), if t:),
 # data-dependent shapes (nonzero) and tensors built from Python data (a blocking copy from pageable
@@ -107,7 +108,9 @@ def kernels_and_syncs(fn) -> dict:
     has_child = set()
     for e in events:
         parent = getattr(e, "cpu_parent", None)
-        if parent is not None and id(parent) in ids:
+        # A parent is a dispatch wrapper when a child computes; one whose children only make
+        # views or allocate (a fused kernel such as SDPA's) is itself the kernel.
+        if parent is not None and id(parent) in ids and e.name not in VIEW_OPS:
             has_child.add(id(parent))
     kernels, syncs, ops = 0, 0, {}
     for e in events:

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 
 from ..pulid_core.attention import id_attention_prepared, prepare_id_kv, select_rows
 from ..pulid_core.options import check_mask_batch
+from ..pulid_core.rows import batch_rows
 
 log = logging.getLogger(__name__)
 
-COND, UNCOND = 0, 1  # ComfyUI's cond_or_uncond values
 # ComfyUI's model_sampling.percent_to_sigma(0.0) returns 999999999.9 ("any sigma").
 _ANY_SIGMA = 999999999.0
 
@@ -122,17 +122,17 @@ class IDContext:
             cached = self._kv[key] = (k.to(dtype), v.to(dtype))
         return cached
 
-    def prepared(self, module_index: int, cond_or_uncond: tuple, per_chunk: int, heads: int, device, dtype):
+    def prepared(self, module_index: int, cond_or_uncond: tuple, batch: int, heads: int, device, dtype):
         """The layer's ID keys/values laid out for this batch (one row per q row), cached."""
-        key = (module_index, cond_or_uncond, per_chunk, heads, str(device), dtype)
+        key = (module_index, cond_or_uncond, batch, heads, str(device), dtype)
         cached = self._rows.get(key)
         if cached is None:
-            k, v = self.kv(module_index, device, dtype)
+            k, v = self.kv(module_index, device, dtype)  # row COND, row UNCOND
             tokens = self.cond_tokens.shape[1]
+            rows = batch_rows(cond_or_uncond, batch, who=self.node).kinds
             with torch.no_grad():
-                # The zero rows become one bias column (see prepare_id_kv).
+                # The zero rows become one mask column (see prepare_id_kv).
                 kv = prepare_id_kv(k[:, :tokens], v[:, :tokens], heads, self.weight, num_zero=self.num_zero)
-                rows = [UNCOND if c == UNCOND else COND for c in cond_or_uncond for _ in range(per_chunk)]
                 cached = self._rows[key] = select_rows(kv, rows=torch.tensor(rows, device=device))
         return cached
 
@@ -179,11 +179,11 @@ class IDAttnPatch:
         ctx = self.context
         if ctx.weight == 0 or not ctx.active(extra_options):
             return base
-        cond_or_uncond = tuple(extra_options.get("cond_or_uncond") or (COND,))
-        chunks = len(cond_or_uncond)
-        per_chunk = q.shape[0] // chunks
-        kv = ctx.prepared(self.module_index, cond_or_uncond, per_chunk, heads, q.device, q.dtype)
-        mask = ctx.mask_rows(extra_options, per_chunk, chunks, q.device, q.dtype)
+        cond_or_uncond = tuple(extra_options.get("cond_or_uncond") or ())
+        batch = q.shape[0]
+        kv = ctx.prepared(self.module_index, cond_or_uncond, batch, heads, q.device, q.dtype)
+        chunks = max(len(cond_or_uncond), 1)
+        mask = ctx.mask_rows(extra_options, batch // chunks, chunks, q.device, q.dtype)
         return id_attention_prepared(base, q, kv, ctx.projection, mask=mask)
 
     # -- ModelPatcher lifecycle -------------------------------------------------

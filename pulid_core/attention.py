@@ -8,11 +8,12 @@ to H removed ("ortho") or scaled by the attention mass on the first ID tokens
 Reference: ToTheBeginning/PuLID ``pulid/attention_processor.py`` (IDAttnProcessor2_0).
 The authors append ``num_zero`` zero tokens to the ID tokens. A zero key has logit 0
 and a zero value adds nothing, so those tokens only add ``num_zero * exp(0 - max)`` to
-each softmax denominator; :func:`prepare_id_kv` leaves them out of the matmuls and
+each softmax denominator; :func:`prepare_id_kv` leaves them out of the attention and
 adds one extra logit column of ``log(num_zero)`` instead (the same softmax), and folds
-the weight into the values (the attention is linear in them) and 1/sqrt(d) into the keys.
-Everything that depends only on the Apply is prepared once per layer; a sampling call
-(:func:`id_attention_prepared`) reads nothing back from the device.
+the weight into the values (the attention is linear in them). Everything that depends
+only on the Apply is prepared once per layer; a sampling call
+(:func:`id_attention_prepared`) reads nothing back from the device and launches a fixed
+handful of kernels (torch's fused attention for the ID attention and ortho_v2's mass).
 """
 
 from __future__ import annotations
@@ -48,28 +49,32 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
 class PreparedIDKV(NamedTuple):
     """One layer's ID keys and values laid out for :func:`id_attention_prepared`.
 
-    k_t [B*heads, d, T'] (keys times 1/sqrt(d), head-split and transposed); v [B*heads, T', d]
-    (values times the weight). Columns: the T ID tokens; one column for all num_zero zero
-    tokens if any (key 0, value 0; ``bias`` [T'] gives it the logit log(num_zero), so its
-    softmax weight is num_zero * exp(0 - max), as num_zero separate zero tokens would have);
-    then padding to a multiple of 16 (key 0, value 0, bias -inf: weight exactly 0).
-    ``mix_scale`` [2, 1] and ``mix_bias`` [2, T'] turn the scaled logits into the unscaled
-    ones (ortho_v2's mass) and the scaled ones, both with the bias, in one pass.
-    ``one``: 1.0 on the device. B is 1 or the batch. In fp16/bf16, log(num_zero) is rounded
-    to that dtype (the zero tokens' weight is off by at most 0.1 %).
+    ``k`` and ``v`` [B, heads, T', d]: the keys as they are (the attention scales them by
+    ``scale`` = 1/sqrt(d)) and the values times the weight. Columns: the T ID tokens; one
+    column for all num_zero zero tokens if any (key 0, value 0; ``mask`` [1, T'] gives it the
+    logit log(num_zero), so its softmax weight is num_zero * exp(0 - max), as num_zero
+    separate zero tokens would have); then padding to a multiple of 16 (key 0, value 0,
+    logit -inf: weight exactly 0). ``v_rest`` [B, heads, T', d]: 1 on the columns after the
+    first ORTHO_V2_TOKENS (zero tokens included), 0 elsewhere; an attention with the unscaled
+    logits over these values gives each head's mass on the other tokens in every channel
+    (ortho_v2). ``zero``, ``tiny`` and ``one``: fp32 [1] constants on the device (1-D, so that they
+    make a product of fp16 tensors run in fp32). B is 1 or the batch. In fp16/bf16,
+    log(num_zero) is rounded to that dtype (the zero tokens' weight is off by at most 0.1 %).
     """
 
-    k_t: torch.Tensor
+    k: torch.Tensor
     v: torch.Tensor
-    bias: torch.Tensor
-    mix_scale: torch.Tensor
-    mix_bias: torch.Tensor
+    v_rest: torch.Tensor
+    mask: torch.Tensor
+    zero: torch.Tensor
+    tiny: torch.Tensor
     one: torch.Tensor
+    scale: float
     heads: int
 
     @property
     def rows(self) -> int:
-        return self.k_t.shape[0] // self.heads
+        return self.k.shape[0]
 
 
 def _row_weight(weight, rows: int) -> torch.Tensor | float:
@@ -86,7 +91,7 @@ def prepare_id_kv(id_k: torch.Tensor, id_v: torch.Tensor, heads: int, weight, *,
     """Lay out ID keys/values [B or 1, T, heads*d] once per layer (a function of the Apply alone).
 
     ``num_zero`` zero tokens are implied after the T given ones (zero rows passed explicitly
-    simply take part in the matmuls, with the same result). The weight (a float, or a
+    simply take part in the attention, with the same result). The weight (a float, or a
     tensor of 1 or B per-row values) is folded into the values. Result in ``dtype``
     (default the keys' dtype) on ``device``.
     """
@@ -101,8 +106,7 @@ def prepare_id_kv(id_k: torch.Tensor, id_v: torch.Tensor, heads: int, weight, *,
     device = device or id_k.device
     rows, tokens, inner = id_k.shape
     d = inner // heads
-    scale = 1.0 / math.sqrt(d)  # a power of two for SDXL's d = 64: the scaling is exact
-    k = id_k.to(device=device, dtype=dtype).view(rows, tokens, heads, d).permute(0, 2, 3, 1) * scale
+    k = id_k.to(device=device, dtype=dtype).view(rows, tokens, heads, d).transpose(1, 2)
     v = id_v.to(device=device, dtype=dtype).view(rows, tokens, heads, d).transpose(1, 2)
     w = _row_weight(weight, rows)
     if isinstance(w, torch.Tensor):
@@ -111,36 +115,34 @@ def prepare_id_kv(id_k: torch.Tensor, id_v: torch.Tensor, heads: int, weight, *,
             k = k.expand(w.shape[0], -1, -1, -1)
     v = v * w
     # Zero tokens: one column of key 0, value 0 and logit log(num_zero). Then padding columns
-    # (key 0, value 0, logit -inf: softmax weight exactly 0) up to a multiple of 16, because
-    # torch's CPU softmax over fewer than 16 values takes a slow scalar path (about 30x slower).
+    # (key 0, value 0, logit -inf: weight exactly 0) up to a multiple of 16: the alignment
+    # CUDA's memory-efficient attention wants for a mask (it would pad a copy on every call),
+    # and torch's CPU attention kernel runs about 3x faster on 16 columns than on 11.
     width = tokens + (1 if num_zero else 0)
     width += -width % 16
-    k = torch.cat([k, k.new_zeros(*k.shape[:3], width - tokens)], dim=3)
-    v = torch.cat([v, v.new_zeros(v.shape[0], heads, width - tokens, d)], dim=2)
-    bias = torch.full((width,), -math.inf, device=device, dtype=dtype)
-    bias[:tokens] = 0.0
+    pad = (0, 0, 0, width - tokens)
+    k, v = F.pad(k, pad).contiguous(), F.pad(v, pad).contiguous()
+    mask = torch.full((1, width), -math.inf, device=device, dtype=dtype)
+    mask[:, :tokens] = 0.0
+    v_rest = torch.zeros(1, heads, width, d, device=device, dtype=dtype)
+    v_rest[:, :, ORTHO_V2_TOKENS:tokens] = 1.0
     if num_zero:
-        bias[tokens] = math.log(num_zero)
-    b = k.shape[0]
-    mix_scale = torch.tensor([[1.0 / scale], [1.0]], device=device, dtype=dtype)
-    mix_bias = bias.expand(2, -1)
-    return PreparedIDKV(
-        k.reshape(b * heads, d, -1).contiguous(), v.reshape(b * heads, -1, d).contiguous(), bias, mix_scale,
-        mix_bias.contiguous(), torch.ones((), device=device), heads,
-    )
+        mask[:, tokens] = math.log(num_zero)
+        v_rest[:, :, tokens] = 1.0
+    zero, tiny, one = torch.tensor([[0.0], [_TINY], [1.0]], device=device, dtype=torch.float32).unbind()
+    return PreparedIDKV(k, v, v_rest.expand(k.shape[0], -1, -1, -1).contiguous(), mask, zero, tiny, one,
+                        1.0 / math.sqrt(d), heads)
 
 
 def select_rows(kv: PreparedIDKV, rows: torch.Tensor | None = None, batch: int | None = None) -> PreparedIDKV:
     """The keys/values of rows ``rows`` (a LongTensor of row indices), or of one row
     broadcast to ``batch`` rows; contiguous, ready for a batch."""
-    heads = kv.heads
-    k = kv.k_t.view(kv.rows, heads, *kv.k_t.shape[1:])
-    v = kv.v.view(kv.rows, heads, *kv.v.shape[1:])
+    k, v, v_rest = kv.k, kv.v, kv.v_rest
     if rows is not None:
-        k, v = k[rows], v[rows]
+        k, v, v_rest = k[rows], v[rows], v_rest[rows]
     elif batch is not None and k.shape[0] != batch:
-        k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
-    return kv._replace(k_t=k.reshape(-1, *k.shape[2:]).contiguous(), v=v.reshape(-1, *v.shape[2:]).contiguous())
+        k, v, v_rest = (t.expand(batch, -1, -1, -1) for t in (k, v, v_rest))
+    return kv._replace(k=k.contiguous(), v=v.contiguous(), v_rest=v_rest.contiguous())
 
 
 _TINY = torch.finfo(torch.float32).tiny
@@ -150,58 +152,61 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
                           mask: torch.Tensor | None = None) -> torch.Tensor:
     """``base`` plus the ID term, with keys/values from :func:`prepare_id_kv` (one row per q row).
 
-    The ID attention runs in q's dtype, the projection in fp32 as the authors do. No host-device
-    synchronisation; one QK^T serves the ID attention and ortho_v2's mass.
+    The ID attention runs in q's dtype through torch's scaled_dot_product_attention, which
+    reads the heads straight out of q's [B, N, heads*d] layout and writes its result
+    token-major like H (on the CPU and CUDA kernels): no copies. The projection runs in fp32 as
+    the authors do: products of fp16 values with the fp32 constants are computed in fp32, and
+    the result is rounded once, into base's dtype. Nothing is read back from the device.
     """
     batch, n, inner = q.shape
     heads = kv.heads
     if kv.rows != batch:
         raise PuLIDError(f"ID keys for {kv.rows} rows cannot serve a batch of {batch}.")
-    q3 = q.view(batch, n, heads, -1).transpose(1, 2).reshape(batch * heads, n, -1)  # one copy
-    if projection == "ortho_v2":
-        # [B*h, N, 2, T']: the unscaled logits (for the mass) and the scaled ones (for the
-        # attention), each with the zero tokens' column, softmaxed together.
-        scaled = torch.bmm(q3, kv.k_t)
-        both = scaled.new_empty(*scaled.shape[:2], 2, scaled.shape[-1])
-        probs = torch.softmax(torch.addcmul(kv.mix_bias, scaled.unsqueeze(-2), kv.mix_scale, out=both), dim=-1)
-        attn = probs[..., 1, :]
-        # m - 1 = -(mass of the other tokens): sum over heads and tokens 5.. (1/heads later).
-        rest = probs.view(batch, heads, n, 2, -1)[:, :, :, 0, ORTHO_V2_TOKENS:].sum(dim=(1, 3))
-    else:
-        attn = torch.softmax(torch.baddbmm(kv.bias, q3, kv.k_t), dim=-1)
-    ident = torch.bmm(attn, kv.v)  # [B*h, N, d], weight folded in
-    ident = ident.view(batch, heads, n, -1).transpose(1, 2)  # [B, N, h, d], a view
-    h4 = base.view(batch, n, heads, -1)
+    qh = q.reshape(batch, n, heads, -1).transpose(1, 2)  # [B, h, N, d], a view of a contiguous q
+    # The weight is folded into v; the result is a fresh tensor, updated in place below.
+    ident = F.scaled_dot_product_attention(qh, kv.k, kv.v, attn_mask=kv.mask, scale=kv.scale)
+    ident = ident.transpose(1, 2).reshape(batch, n, inner)  # a view where the kernel wrote token-major
 
     if projection == "none":
-        # Added in the UNet dtype, as the authors do; written in H's (token-major) layout.
-        out = torch.add(h4, ident.to(base.dtype), out=torch.empty_like(h4))
-        return _masked(base, out.view(batch, n, inner), mask)
+        # Added in the UNet dtype, as the authors do.
+        out = ident.add_(base) if ident.dtype == base.dtype else base + ident.to(base.dtype)
+        return _masked(base, out, mask)
 
-    # Token-major like H, so that the passes below run over contiguous memory.
-    ident = ident.contiguous()
-
-    h32, i32 = h4.float(), ident.float()
-    # Token sums as product + sum: on the CPU faster than vector_norm over a non-inner dim.
-    energy = torch.linalg.vecdot(h32, h32, dim=1).unsqueeze(1)  # [B, 1, h, d]
-    dot = torch.linalg.vecdot(h32, i32, dim=1).unsqueeze(1)  # s <H, I>
-    # A channel where H is 0 at every token (e.g. a zeroed negative prompt) has nothing to project
-    # onto: its dot product is 0 too, and the clamp turns the authors' 0/0 (NaN) into 0.
-    energy = energy.clamp_min_(_TINY)
-    if projection == "ortho":
-        factor = torch.addcdiv(kv.one, dot, energy, value=-1.0)  # H + s (I - P) = I_s + H (1 - c)
+    # The projection in fp32, as the authors do. CUDA kernels convert fp16/bf16 operands to fp32
+    # as they load them (the fp32 constants below make each product run in fp32); CPU kernels
+    # would copy mixed operands to fp32 on every op, so there they are converted once, here.
+    if base.dtype == torch.float32 or base.is_cuda:
+        h, i = base, ident
     else:
-        # H + s (I + (m - 1) P) = I_s + H (1 + (m - 1) c), m the mean over heads.
-        factor = torch.addcmul(kv.one, rest.view(batch, n, 1, 1), dot.div_(energy), value=-1.0 / heads)
-    out = torch.addcmul(i32, h32, factor)
-    return _masked(base, out.view(batch, n, inner).to(base.dtype), mask)
+        h, i = base.float(), ident.float()
+    # Per channel over the tokens: the energy of H, with a tiny added per token so that a
+    # channel where H is 0 at every token (e.g. a zeroed negative prompt) divides 0 by a
+    # positive number (the authors' 0/0 = NaN becomes 0: the ID term is added unprojected;
+    # elsewhere H*H + tiny rounds to H*H), and <H, s I>. One fp32 scratch tensor serves both
+    # products and the factor.
+    scratch = torch.addcmul(kv.tiny, h, h)
+    energy = scratch.sum(dim=1, keepdim=True)  # [B, 1, C]
+    dot = torch.addcmul(kv.zero, h, i, out=scratch).sum(dim=1, keepdim=True)
+    if projection == "ortho":
+        # H + s (I - P) = I_s + H (1 - c), c = <H, I_s> / |H|^2 per channel.
+        factor = torch.addcdiv(kv.one, dot, energy, value=-1.0)
+    else:
+        # H + s (I + (m - 1) P) = I_s + H (1 + (m - 1) c), m the mass on the first ORTHO_V2_TOKENS
+        # ID tokens of the softmax of the unscaled logits, averaged over the heads. 1 - m per
+        # head is the attention of q onto v_rest (every channel holds it), summed over the heads.
+        rest = F.scaled_dot_product_attention(qh, kv.k, kv.v_rest, attn_mask=kv.mask, scale=1.0)
+        rest = rest[..., 0].sum(dim=1, dtype=torch.float32)  # [B, N]
+        factor = torch.addcmul(kv.one, rest.unsqueeze(-1), dot.div_(energy), value=-1.0 / heads, out=scratch)
+    out = i.addcmul_(h, factor)  # i is this call's own tensor; computed in fp32, rounded once
+    return _masked(base, out if out.dtype == base.dtype else out.to(base.dtype), mask)
 
 
 def _masked(base: torch.Tensor, full: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """base + mask * (full - base): exactly ``full`` where the mask is 1 and ``base`` where it is 0."""
+    """base + mask * (full - base): exactly ``full`` where the mask is 1 and ``base`` where it is 0.
+    Written over ``full`` (a fresh tensor)."""
     if mask is None:
         return full
-    return torch.lerp(base, full, _mask4(mask, base.shape[0], base.shape[1]).squeeze(-1).to(base.dtype))
+    return torch.lerp(base, full, _mask4(mask, base.shape[0], base.shape[1]).squeeze(-1).to(base.dtype), out=full)
 
 
 def _mask4(mask: torch.Tensor, batch: int, n: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import PuLIDError
+from .rows import UNCOND, batch_rows
 
 # FLUX.1 (dev, schnell, Krea and their fine-tunes): 3072-wide streams, 19 double + 38 single blocks.
 FLUX_HIDDEN = 3072
@@ -28,8 +29,6 @@ NUM_DOUBLE_CA = math.ceil(DOUBLE_BLOCKS / DOUBLE_INTERVAL)  # 10
 NUM_CA = NUM_DOUBLE_CA + math.ceil(SINGLE_BLOCKS / SINGLE_INTERVAL)  # 20
 # FLUX patchifies 2x2 latent pixels into one image token.
 PATCH_SIZE = 2
-# ComfyUI's value for an unconditional (negative) chunk in transformer_options["cond_or_uncond"].
-UNCOND = 1
 
 # Other DiTs ComfyUI runs, by the class name of their diffusion model, for refusal messages.
 _OTHER_MODELS = {
@@ -112,20 +111,14 @@ def token_grid(latent_h: int, latent_w: int) -> tuple[int, int]:
 def select_rows(cond_or_uncond: Sequence[int], batch: int, cond: torch.Tensor, uncond: torch.Tensor | None):
     """ID tokens for each row of a ComfyUI batch: [batch, T, D].
 
-    ComfyUI stacks one chunk of ``batch // len(cond_or_uncond)`` rows per entry of
-    ``cond_or_uncond``, in its order; chunks marked uncond (1) get ``uncond``, the others
-    ``cond``. ``cond`` / ``uncond`` are [1 or rows per chunk, T, D].
+    Chunks marked uncond in ``cond_or_uncond`` get ``uncond``, the others ``cond``
+    (:func:`pulid_core.rows.batch_rows`). ``cond`` / ``uncond`` are [1 or rows per chunk, T, D].
     """
-    entries = list(cond_or_uncond or ())
-    if not entries or batch <= 0 or batch % len(entries):
-        raise PuLIDError(
-            f"PuLID-FLUX cannot split a batch of {batch} rows into the {len(entries)} chunk(s) of "
-            f"cond_or_uncond {entries}."
-        )
-    chunk = batch // len(entries)
+    layout = batch_rows(cond_or_uncond, batch, who="PuLID-FLUX")
+    chunk = layout.chunk
     rows = []
-    for entry in entries:
-        tokens, what = (uncond, "uncond") if entry == UNCOND else (cond, "cond")
+    for kind in layout.chunk_kinds:
+        tokens, what = (uncond, "uncond") if kind == UNCOND else (cond, "cond")
         if tokens is None:
             raise PuLIDError(f"PuLID-FLUX has no {what} ID tokens for a {what} chunk of the batch.")
         if tokens.ndim != 3 or tokens.shape[0] not in (1, chunk):

@@ -131,6 +131,15 @@ def test_patch_lifecycle(adapter):
     assert patch.models() == ["upstream-model"]
 
 
+def test_uneven_batch_is_refused_naming_the_node(adapter):
+    from pulid_core.errors import PuLIDError
+
+    patch, _ = make_patch(adapter)
+    q = torch.randn(3, TOKENS, WIDTH)
+    with pytest.raises(PuLIDError, match=r"Apply PuLID cannot split a batch of 3 rows into the 2 chunk\(s\)"):
+        patch(q, q, q, extra())
+
+
 def test_attention_signature_is_resolved_once(pack):
     from comfyui_pulid.nodes import attn_patch
 
