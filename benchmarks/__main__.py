@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick | --tiny] [--flux [--device cuda]] [--anchor-dir DIR] [--out-dir DIR]
+"""python -m benchmarks [--quick | --tiny] [--flux | --encode] [--device cuda] [--anchor-dir DIR] [--out-dir DIR]
 
 What PuLID's ID branch costs per attn2 call and per sampling step, next to the archived
 cubiq/PuLID_ComfyUI (imported at run time from --anchor-dir, $PULID_ANCHOR_DIR or
@@ -12,10 +12,15 @@ cubiq/PuLID_ComfyUI (imported at run time from --anchor-dir, $PULID_ANCHOR_DIR o
             per step at 512² and 1024² (ComfyUI's block classes, random weights; fp32 on the CPU,
             bf16/fp16 with --device cuda, which also reports VRAM); 1 thread, ~15 min on 2 shared cores
             (not in --quick: over 2 minutes). With --tiny: tiny blocks, a smoke run.
+  --encode  instead, one face encode ('Encode Face') per stage on ComfyUI's device: image
+            conversion, SCRFD + ArcFace (synthetic stand-ins), RetinaFace-R50 and BiSeNet, EVA02-CLIP-L
+            (--precision; fp32 on the CPU) and the v1.1 IDFormer, all full-size with random weights;
+            cold and warm, VRAM after use with --device cuda; 1 thread, ~2 min on a CPU. With --tiny:
+            tiny EVA-CLIP and adapter, a small photo, a smoke run.
 
 Prints a markdown table and writes <out-dir>/cpu.md and cpu.json (default benchmarks/results;
---tiny writes only where --out-dir says); --flux replaces only their PuLID-FLUX section, the
-other runs keep it (--device cuda: gpu.md / gpu.json).
+--tiny writes only where --out-dir says); --flux and --encode replace only their own section,
+the other runs keep it (--device cuda: gpu.md / gpu.json).
 """
 
 from __future__ import annotations
@@ -50,8 +55,12 @@ def main(argv=None) -> int:
     size.add_argument("--tiny", action="store_true", help="tiny models: a smoke run")
     parser.add_argument("--flux", action="store_true",
                         help="PuLID-FLUX: full-size FLUX.1 blocks and the 20 insertions per step (~15 min on 2 cores)")
+    parser.add_argument("--encode", action="store_true",
+                        help="one face encode per stage on ComfyUI's device, full-size models (~2 min on a CPU)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="--flux only: where to run (cuda: the model's dtype, and VRAM after use)")
+                        help="--flux / --encode only: where to run (cuda: the model's dtype, and VRAM after use)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
+                        help="--encode only: EVA-CLIP's precision (default fp32 on the CPU, fp16 on cuda)")
     parser.add_argument("--anchor-dir", default=None,
                         help=f"the archived PuLID_ComfyUI folder (default ${models.ANCHOR_ENV} or "
                              f"{models.DEFAULT_ANCHOR_DIR})")
@@ -63,15 +72,24 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    if args.device == "cuda" and not args.flux:
-        parser.error("--device cuda applies to --flux only")
-    if args.flux and args.quick:
-        parser.error("--flux is its own case (over 2 minutes), not part of --quick: run it apart")
+    if args.device == "cuda" and not (args.flux or args.encode):
+        parser.error("--device cuda applies to --flux and --encode only")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
+    if args.flux and args.encode:
+        parser.error("--flux and --encode are separate cases: run one at a time")
+    if args.precision and not args.encode:
+        parser.error("--precision applies to --encode only (EVA-CLIP's precision)")
+    for case in ("flux", "encode"):
+        if getattr(args, case) and args.quick:
+            parser.error(f"--{case} is its own case, not part of --quick: run it apart")
     given = list(argv if argv is not None else sys.argv[1:])
     shown = [a for a in given if a not in ("--note", args.note) and not a.startswith("--note=")]  # printed apart
     command = "python -m benchmarks" + "".join(f" {a}" for a in shown)
     if args.flux:
         return run_flux(args, command)
+    if args.encode:
+        return run_encode(args, command)
 
     plan = plan_for(args)
     threads = args.threads or (1 if plan.profile in ("quick", "tiny") else 0)
@@ -110,7 +128,26 @@ def run_flux(args, command: str) -> int:
     return 0
 
 
-def write(out_dir: Path, sdxl=None, flux=None, stem: str = "cpu") -> None:
+def run_encode(args, command: str) -> int:
+    plan = cases.EncodePlan(tiny=args.tiny, device=args.device, precision=args.precision or "")
+    if args.tiny:
+        plan.reps = 3
+    if args.reps:
+        plan.reps = args.reps
+    torch.set_num_threads(args.threads or 1)  # as --flux: a shared machine's barriers stall several threads
+    started = time.perf_counter()
+    results = cases.run_encode(plan)
+    results["machine"] = report.machine(results["comfy_root"], plan.device)
+    results["machine"]["wall_s"] = round(time.perf_counter() - started)
+    text = report.encode_markdown(results, command, note=args.note)
+    print(text)
+    out_dir = args.out_dir or (None if args.tiny else models.REPO / "benchmarks" / "results")
+    if out_dir is not None:
+        write(out_dir, encode=(text, report.encode_json(results)), stem="cpu" if plan.device == "cpu" else "gpu")
+    return 0
+
+
+def write(out_dir: Path, sdxl=None, flux=None, encode=None, stem: str = "cpu") -> None:
     """<stem>.md / .json in ``out_dir`` (cpu, or gpu for --device cuda): the given parts replaced,
     the others kept."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -120,9 +157,10 @@ def write(out_dir: Path, sdxl=None, flux=None, stem: str = "cpu") -> None:
         old_js = json.loads(js.read_text()) if js.is_file() else {}
     except ValueError:
         old_js = {}
-    md.write_text(report.merge_markdown(old_md, sdxl=sdxl and sdxl[0], flux=flux and flux[0]))
-    js.write_text(json.dumps(report.merge_json(old_js, sdxl=sdxl and sdxl[1], flux=flux and flux[1]), indent=1,
-                             default=str))
+    md.write_text(report.merge_markdown(old_md, sdxl=sdxl and sdxl[0], flux=flux and flux[0],
+                                        encode=encode and encode[0]))
+    js.write_text(json.dumps(report.merge_json(old_js, sdxl=sdxl and sdxl[1], flux=flux and flux[1],
+                                               encode=encode and encode[1]), indent=1, default=str))
     logging.getLogger("benchmarks").info("wrote %s", md)
 
 

@@ -12,8 +12,10 @@ per-repetition sums (repetition r of each shape).
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from . import harness, models
@@ -313,3 +315,172 @@ def run_flux(plan: FluxPlan) -> dict:
         vram = {"peak_bytes": peak, "after_offload_bytes": torch.cuda.memory_allocated()}
     results["vram"] = vram
     return results
+
+
+# -- the face encode -------------------------------------------------------------------------
+# The stages of one 'Encode Face' call (nodes.pulid.encode_faces), in the order they run; each is
+# timed inside the real call by a wrapper around the function that does it. What no stage covers
+# (FFHQ alignment, the masked grey face and its EVA resize, previews, copies) is "the rest".
+ENCODE_STAGES = ("image", "scrfd", "arcface", "retinaface", "bisenet", "eva_clip", "id_encoder", "loads")
+ENCODE_STAGE_NAMES = {
+    "image": "image → uint8 RGB, long side ≤ 1024 px",
+    "scrfd": "InsightFace detection (SCRFD)",
+    "arcface": "InsightFace embedding (ArcFace)",
+    "retinaface": "facexlib RetinaFace-R50 (alignment landmarks)",
+    "bisenet": "facexlib BiSeNet (face parsing)",
+    "eva_clip": "EVA02-CLIP-L-14-336",
+    "id_encoder": "IDFormer (PuLID v1.1 adapter)",
+    "loads": "model loads / offloads (ComfyUI model management)",
+    "rest": "the rest (alignment, masks, EVA resize, previews, copies)",
+}
+
+
+@dataclass
+class EncodePlan:
+    reps: int = 5
+    warmup: int = 1
+    tiny: bool = False
+    device: str = "cpu"
+    precision: str = ""  # EVA-CLIP: fp32 on the CPU, fp16 on a GPU unless given
+    profile: str = "encode"
+
+    def eva_precision(self) -> str:
+        return self.precision or ("fp32" if self.device == "cpu" else "fp16")
+
+
+class StageClock:
+    """Seconds per stage of the call in progress: ``wrap`` times a callable into a stage (synchronising
+    a GPU around it, so work queued by one stage is not billed to the next)."""
+
+    def __init__(self, sync):
+        self.sync, self.current = sync, {}
+
+    def wrap(self, stage: str, fn):
+        import functools
+        import time
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            self.sync()
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.sync()
+                self.current[stage] = self.current.get(stage, 0.0) + time.perf_counter() - t0
+        return timed
+
+    def take(self) -> dict:
+        out, self.current = self.current, {}
+        return out
+
+
+def _instrumented(clock: StageClock, pipeline, eva, forced_landmarks):
+    """The patches (``unittest.mock`` context managers) that time each stage inside encode_faces.
+
+    RetinaFace with random weights finds no face above facexlib's 0.97 score: the network and its
+    decoding run in full, then the face's own landmarks are returned (a forced detection)."""
+    import contextlib
+    from unittest import mock
+
+    import comfy.model_management as mm
+    from comfyui_pulid.nodes import loaders
+    from comfyui_pulid.nodes import pulid as pulid_nodes
+
+    pipeline_module = sys.modules[type(pipeline).__module__]
+    facexlib, analyzer = pipeline.facexlib, pipeline.analyzer
+    landmarks = facexlib.landmarks
+
+    def retinaface(image_bgr, *args, **kwargs):
+        landmarks(image_bgr, *args, **kwargs)
+        return forced_landmarks
+
+    stack = contextlib.ExitStack()
+    patches = [
+        (pipeline_module, "to_uint8_rgb", "image"),
+        (analyzer.detector, "detect", "scrfd"),
+        (analyzer.recognizer, "embed_face", "arcface"),
+        (facexlib, "parse", "bisenet"),
+        (eva.patcher.model, "features", "eva_clip"),
+        (pulid_nodes, "encode_identity", "id_encoder"),
+        (mm, "load_models_gpu", "loads"),
+        (pulid_nodes, "offload_model", "loads"),
+        (loaders, "offload_model", "loads"),
+    ]
+    for owner, name, stage in patches:
+        stack.enter_context(mock.patch.object(owner, name, clock.wrap(stage, getattr(owner, name))))
+    stack.enter_context(mock.patch.object(facexlib, "landmarks", clock.wrap("retinaface", retinaface)))
+    return stack
+
+
+def run_encode(plan: EncodePlan) -> dict:
+    """One face encode ('Encode Face': encode_faces) on ComfyUI's device, per stage: the first call
+    (cold: every model still on its offload device, first runs of ONNX Runtime and torch) and
+    ``reps`` warm calls (timed after ``warmup`` calls); on a GPU, the memory left allocated."""
+    import tempfile
+    from pathlib import Path
+
+    device = torch.device(plan.device)
+    comfy_root = models.setup_comfy(device.type)
+    from comfyui_pulid.nodes.pulid import encode_faces
+
+    from tests.unit import face_models
+
+    sync = harness.synchronizer(device)
+    precision = plan.eva_precision()
+    tmp = tempfile.TemporaryDirectory(prefix="pulid_encode_bench_")
+    root = Path(tmp.name)
+    try:
+        models.write_face_models(root, plan.tiny)
+        pipeline = models.face_pipeline(root, "CPU" if device.type == "cpu" else "CUDA")
+    finally:
+        tmp.cleanup()  # everything is loaded: sessions and modules no longer need the files
+    eva = models.build_eva(plan.tiny, precision)
+    adapter, _ = models.build_adapter("v1.1", plan.tiny)
+    image = models.encode_photo(plan.tiny)
+    box = models.face_box(plan.tiny)
+    kps, _ = face_models.kps_for_box(box)
+    forced = [(box.astype(np.float32), kps.astype(np.float32), 0.99)]
+
+    clock = StageClock(sync)
+    rows = []
+
+    def encode():
+        embeds, _ = encode_faces(adapter, eva, pipeline, image, node="Encode Face (benchmark)")
+        rows.append(clock.take())
+        return embeds
+
+    vram = None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    with _instrumented(clock, pipeline, eva, forced):
+        cold = harness.interleaved({"encode": encode}, 1, warmup=0, sync=sync)["encode"]
+        cold_row = rows[-1]
+        warm = harness.interleaved({"encode": encode}, plan.reps, warmup=plan.warmup, sync=sync)["encode"]
+        warm_rows = rows[-plan.reps:]
+        embeds = encode()
+    if embeds.cond.shape[1] != models.ID_TOKENS["v1.1"] or not torch.isfinite(embeds.cond).all():
+        raise RuntimeError(f"the encode gave ID tokens {tuple(embeds.cond.shape)}, not [1, 32, D] finite values")
+    if device.type == "cuda":
+        sync()
+        torch.cuda.empty_cache()
+        vram = {"before_bytes": before, "after_bytes": torch.cuda.memory_allocated(),
+                "peak_bytes": torch.cuda.max_memory_allocated()}
+
+    def stages(row_list, totals):
+        out = {s: [r.get(s, 0.0) for r in row_list] for s in ENCODE_STAGES}
+        out["rest"] = [t - sum(r.get(s, 0.0) for s in ENCODE_STAGES) for r, t in zip(row_list, totals, strict=True)]
+        out["total"] = list(totals)
+        return out
+
+    eva_model = eva.patcher.model
+    return {"plan": plan, "comfy_root": comfy_root, "precision": precision,
+            "eva_dtype": str(eva_model.dtype).replace("torch.", ""),
+            "adapter_dtype": str(next(adapter.model.parameters()).dtype).replace("torch.", ""),
+            "sizes": {"image": list(image.shape[1:3][::-1]), "eva_image": eva_model.image_size,
+                      "eva_width": eva_model.trunk.embed_dim, "eva_depth": len(eva_model.trunk.blocks),
+                      "id_tokens": list(embeds.cond.shape[1:])},
+            "ort_provider": pipeline.analyzer.provider,
+            "cold_s": stages([cold_row], cold), "warm_s": stages(warm_rows, warm), "vram": vram}

@@ -319,3 +319,85 @@ def build_flux_adapter(tiny: bool, dtype: torch.dtype):
     context_dim = patcher.model.context_dim
     ids = torch.randn(1, FLUX_ID_TOKENS, context_dim, generator=gen).to(dtype)
     return PuLIDAdapter(patcher, "pulid_flux_v0.9.1 (random weights)"), ids
+
+
+# -- the face encode ----------------------------------------------------------------
+# A synthetic 1024x768 photo; the stand-in detector reports this face box (image pixels).
+ENCODE_IMAGE_WH = (1024, 768)
+ENCODE_FACE_BOX = (392.0, 184.0, 632.0, 504.0)
+TINY_ENCODE_IMAGE_WH = (256, 192)
+TINY_ENCODE_FACE_BOX = (98.0, 46.0, 158.0, 126.0)
+
+
+def encode_photo(tiny: bool) -> torch.Tensor:
+    """A ComfyUI IMAGE [1, H, W, 3] float: a lit background and a skin-coloured oval with eyes and
+    mouth where the face box is (the random-weight networks cost the same on any content)."""
+    import cv2
+
+    w, h = TINY_ENCODE_IMAGE_WH if tiny else ENCODE_IMAGE_WH
+    x1, y1, x2, y2 = TINY_ENCODE_FACE_BOX if tiny else ENCODE_FACE_BOX
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([90 + 80 * xx / w, 110 + 60 * yy / h, 140 + 40 * (xx + yy) / (w + h)], axis=-1)
+    cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2, (y2 - y1) / 2
+    cv2.ellipse(img, (int(cx), int(cy)), (int(rx), int(ry)), 0, 0, 360, (205, 160, 130), -1)
+    for ex in (cx - rx * 0.4, cx + rx * 0.4):
+        cv2.circle(img, (int(ex), int(cy - ry * 0.2)), max(2, int(rx * 0.1)), (40, 30, 30), -1)
+    cv2.ellipse(img, (int(cx), int(cy + ry * 0.45)), (int(rx * 0.35), max(1, int(ry * 0.08))), 0, 0, 360,
+                (150, 60, 60), -1)
+    return torch.from_numpy(np.clip(img, 0, 255) / 255.0).float()[None]
+
+
+def face_box(tiny: bool) -> np.ndarray:
+    return np.array(TINY_ENCODE_FACE_BOX if tiny else ENCODE_FACE_BOX, np.float64)
+
+
+def write_face_models(root: Path, tiny: bool) -> None:
+    """<root>/insightface/models/antelopev2: the tests' synthetic SCRFD and ArcFace ONNX graphs (real
+    signatures, a few kFLOPs; the detector reports the photo's face box), and <root>/facexlib:
+    full-size RetinaFace-R50 and BiSeNet with facexlib's random initialisation (also with ``tiny``:
+    they have no small variant)."""
+    from tests.unit import face_models
+
+    w, h = TINY_ENCODE_IMAGE_WH if tiny else ENCODE_IMAGE_WH
+    scale = face_models.letterbox_scale(h, w)
+    box = face_box(tiny) * scale
+    kps, _ = face_models.kps_for_box(box)
+    face_models.make_pack(str(root / "insightface" / "models" / "antelopev2"), [(box, kps, 0.9)], extra=False)
+    facexlib = root / "facexlib"
+    facexlib.mkdir(parents=True, exist_ok=True)
+    torch.save(face_models.retinaface_state_dict(), facexlib / "detection_Resnet50_Final.pth")
+    torch.save(face_models.bisenet_state_dict(), facexlib / "parsing_bisenet.pth")
+
+
+def face_pipeline(root: Path, provider: str):
+    """'Load InsightFace + facexlib (PuLID)' on the files of :func:`write_face_models` (ComfyUI's
+    folder_paths pointed at them): RetinaFace and BiSeNet as ModelPatchers on ComfyUI's device."""
+    import folder_paths
+    from comfyui_pulid.nodes import loaders
+
+    folder_paths.add_model_folder_path("insightface", str(root / "insightface"), is_default=True)
+    folder_paths.add_model_folder_path("facexlib", str(root / "facexlib"), is_default=True)
+    return loaders.load_face_pipeline(provider, "antelopev2", "retinaface")
+
+
+def build_eva(tiny: bool, precision: str):
+    """'Load EVA-CLIP (PuLID)' on EVA02-CLIP-L-14-336's official layout with random weights (tiny:
+    the tests' 64-wide tower), in ``precision``, in a ModelPatcher on ComfyUI's text-encoder device."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    from comfyui_pulid.nodes.loaders import EvaClipModel
+
+    from pulid_core import load_eva_clip
+    from pulid_core.options import PRECISIONS
+
+    if tiny:
+        from comfy_testpack.stand_ins_pulid import tiny_eva_state_dict
+
+        state = tiny_eva_state_dict()
+    else:
+        state = random_state(_layout("EVA02_CLIP_L_336_psz14_s6B.pt"), seed=21, dtype=torch.float32)
+    dtype = PRECISIONS[precision]
+    model = load_eva_clip(state, dtype=dtype)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.text_encoder_device(),
+                                               offload_device=mm.text_encoder_offload_device())
+    return EvaClipModel(patcher, "EVA02-CLIP-L-14-336 (random weights)", dtype)

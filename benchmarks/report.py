@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from . import models
+from . import harness, models
+from .cases import ENCODE_STAGE_NAMES, ENCODE_STAGES
 
 # Targets for the sampling path (v1 fidelity); a benchmark prints them, no timed test asserts them.
 TARGET_STEP_VS_ANCHOR = 0.3
@@ -216,24 +217,106 @@ def flux_json(results: dict) -> dict:
                             for res, r in results["resolutions"].items()}}
 
 
-def merge_markdown(existing: str, sdxl: str | None = None, flux: str | None = None) -> str:
-    """cpu.md with its SDXL part and/or its PuLID-FLUX section replaced; the other part is kept,
-    so ``--quick`` and ``--flux`` runs do not overwrite each other's results."""
-    old_sdxl, old_flux = existing, ""
-    if FLUX_BEGIN in existing:
-        old_sdxl, rest = existing.split(FLUX_BEGIN, 1)
-        old_flux = rest.split(FLUX_END, 1)[0]
-    sdxl_part = (sdxl if sdxl is not None else old_sdxl).rstrip("\n")
-    flux_part = (flux if flux is not None else old_flux).strip("\n")
-    if not flux_part:
-        return sdxl_part + "\n"
-    return f"{sdxl_part}\n\n{FLUX_BEGIN}\n{flux_part}\n{FLUX_END}\n".lstrip("\n")
+# -- the face encode -------------------------------------------------------------------------
+ENCODE_BEGIN = "<!-- Face encode section: written by python -m benchmarks --encode -->"
+ENCODE_END = "<!-- end of the face encode section -->"
+# What stands in for what in the encode case (the report says it next to the numbers).
+ENCODE_STAND_INS = (
+    "SCRFD and ArcFace are the tests' synthetic ONNX graphs (`tests/unit/face_models.py`: the real "
+    "input/output signatures, a few kFLOPs; the detector reports the photo's face box), so their rows "
+    "time insightface's pre- and post-processing (letterbox, blob, anchor decoding, NMS; `norm_crop`) "
+    "and an almost empty ONNX Runtime call, not the real networks (SCRFD-10G-KPS: ~10 GFLOPs at "
+    "640 px; antelopev2's glintr100, an IResNet-100: ~24 GFLOPs at 112 px)")
 
 
-def merge_json(existing: dict, sdxl: dict | None = None, flux: dict | None = None) -> dict:
-    out = dict(sdxl) if sdxl is not None else {k: v for k, v in existing.items() if k != "flux"}
-    if flux is not None:
-        out["flux"] = flux
-    elif "flux" in existing:
-        out["flux"] = existing["flux"]
+def encode_markdown(results: dict, command: str, note: str = "") -> str:
+    plan, info, sizes = results["plan"], results["machine"], results["sizes"]
+    load = info.get("load_average")
+    where = (f"CPU {info.get('cpu', '?')}, {info['cores']} cores, torch threads {info['threads']}"
+             f" (OMP_NUM_THREADS={info['omp_num_threads']})" if plan.device == "cpu" else
+             f"GPU {info.get('gpu', '?')}")
+    full = "tiny" if plan.tiny else "full-size"
+    lines = [
+        "## Face encode: one photo through 'Encode Face', per stage", "",
+        f"`{command}` · {where} · load average {load} at the end of the run · torch {info['torch']}, "
+        f"ComfyUI {info.get('comfyui', '?')}, commit {info.get('commit', '?')} · ONNX Runtime "
+        f"{results['ort_provider']} · {plan.reps} warm repetitions after {plan.warmup} warm-up · wall "
+        f"{info.get('wall_s', '?')} s" + (" · **tiny models (a smoke run: not a measurement)**" if plan.tiny else ""),
+        "",
+    ]
+    if note:
+        lines += [note, ""]
+    w, h = sizes["image"]
+    lines += [
+        f"One {w}×{h} synthetic photo, one face, through the pack's `encode_faces` (the 'Encode Face' and "
+        "'Apply PuLID' path) on ComfyUI's device; each stage is timed inside that call by a wrapper around "
+        "the function doing it. Models: "
+        f"EVA02-CLIP-L-14-336 {full} ({sizes['eva_width']} wide, {sizes['eva_depth']} blocks, "
+        f"{sizes['eva_image']} px) in {results['eva_dtype']}; the PuLID v1.1 adapter {full} in its file's "
+        f"{results['adapter_dtype']} (IDFormer, ID tokens {sizes['id_tokens'][0]} × {sizes['id_tokens'][1]}); "
+        "facexlib RetinaFace-R50 and BiSeNet full-size; all with random weights. Random-weight RetinaFace "
+        "finds no face above facexlib's 0.97 score, so after the network and its decoding ran the face's own "
+        f"landmarks are returned (a forced detection). Stand-ins: {ENCODE_STAND_INS}. Cold: the first call "
+        "(one sample; models on their offload device, first runs of ONNX Runtime and torch). Warm: median "
+        "[IQR] in ms. The rest = total minus the stages, per repetition.", "",
+        "| stage | cold (first call) | warm | share of warm total |", "|---|---|---|---|",
+    ]
+    cold, warm = results["cold_s"], results["warm_s"]
+    total = harness.Stat.of(warm["total"])
+    for stage in (*ENCODE_STAGES, "rest", "total"):
+        stat = harness.Stat.of(warm[stage])
+        name = "**total**" if stage == "total" else ENCODE_STAGE_NAMES[stage]
+        share = f"{stat.median / total.median:.1%}" if total.median > 0 else "—"
+        lines.append(f"| {name} | {cold[stage][0] * 1e3:.1f} | {ms(stat)} | {share} |")
+    lines.append("")
+    vram = results.get("vram")
+    if vram is None:
+        lines += ["VRAM: not measured (CPU run).", ""]
+    else:
+        lines += [f"VRAM (torch.cuda.memory_allocated): {_mib(vram['before_bytes'])} before the first encode, "
+                  f"{_mib(vram['after_bytes'])} after the last (face models, EVA-CLIP and the adapter "
+                  f"offloaded); peak {_mib(vram['peak_bytes'])}.", ""]
+    return "\n".join(lines)
+
+
+def encode_json(results: dict) -> dict:
+    plan = results["plan"]
+    return {"machine": results["machine"], "device": plan.device, "tiny": plan.tiny, "reps": plan.reps,
+            "precision": results["precision"], "eva_dtype": results["eva_dtype"],
+            "adapter_dtype": results["adapter_dtype"], "sizes": results["sizes"],
+            "ort_provider": results["ort_provider"], "stand_ins": ENCODE_STAND_INS, "vram": results["vram"],
+            "cold_s": results["cold_s"], "warm_s": results["warm_s"],
+            "warm": {k: harness.Stat.of(v).as_dict() for k, v in results["warm_s"].items()}}
+
+
+# -- cpu.md / cpu.json: each run replaces its own part ------------------------------------------
+SECTIONS = {"flux": (FLUX_BEGIN, FLUX_END), "encode": (ENCODE_BEGIN, ENCODE_END)}
+
+
+def merge_markdown(existing: str, sdxl: str | None = None, flux: str | None = None,
+                   encode: str | None = None) -> str:
+    """cpu.md with its SDXL part and/or its marked sections (PuLID-FLUX, face encode) replaced; the
+    other parts are kept, so ``--quick``, ``--flux`` and ``--encode`` runs do not overwrite each other."""
+    rest, old = existing, {}
+    for key, (begin, end) in SECTIONS.items():
+        if begin in rest:
+            head, tail = rest.split(begin, 1)
+            old[key], after = tail.split(end, 1) if end in tail else (tail, "")
+            rest = head.rstrip("\n") + ("\n" + after.lstrip("\n") if after.strip() else "")
+    new = {"flux": flux, "encode": encode}
+    out = (sdxl if sdxl is not None else rest).rstrip("\n")
+    for key, (begin, end) in SECTIONS.items():
+        part = (new[key] if new[key] is not None else old.get(key, "")).strip("\n")
+        if part:
+            out = f"{out}\n\n{begin}\n{part}\n{end}".lstrip("\n")
+    return out + "\n"
+
+
+def merge_json(existing: dict, sdxl: dict | None = None, flux: dict | None = None, encode: dict | None = None) -> dict:
+    out = dict(sdxl) if sdxl is not None else {k: v for k, v in existing.items() if k not in SECTIONS}
+    for key, part in (("flux", flux), ("encode", encode)):
+        if part is not None:
+            out[key] = part
+        elif key in existing:
+            out[key] = existing[key]
     return out
