@@ -94,3 +94,57 @@ def test_the_sdxl_and_flux_parts_of_cpu_md_replace_only_themselves():
     assert report.merge_markdown(both, flux="## FLUX v2") == both.replace("## FLUX v1", "## FLUX v2")
     assert report.merge_json({"modes": 1, "flux": 2}, sdxl={"modes": 3}) == {"modes": 3, "flux": 2}
     assert report.merge_json({"modes": 1, "flux": 2}, flux=4) == {"modes": 1, "flux": 4}
+
+
+# -- the face encode ---------------------------------------------------------------------------
+
+def test_encode_benchmark_times_every_stage_and_they_add_up_to_the_total(tmp_path):
+    """`--encode --tiny`: one 'Encode Face' call per repetition, each stage timed inside it; the stages
+    plus the rest are the measured total, per repetition, for the cold call and the warm ones; cpu.md
+    written by other runs keeps their parts."""
+    import statistics
+
+    from benchmarks import cases
+
+    (tmp_path / "cpu.md").write_text("# the SDXL table of an earlier run\n")
+    (tmp_path / "cpu.json").write_text(json.dumps({"modes": {"v1 fidelity": {}}, "flux": {"tiny": True}}))
+    args = [sys.executable, "-m", "benchmarks", "--encode", "--tiny", "--out-dir", str(tmp_path)]
+    run = subprocess.run(args, cwd=comfy_harness.REPO, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    assert "## Face encode: one photo through 'Encode Face', per stage" in run.stdout
+    assert "SCRFD and ArcFace are the tests' synthetic ONNX graphs" in run.stdout  # stand-ins said
+    md = (tmp_path / "cpu.md").read_text()
+    assert md.startswith("# the SDXL table of an earlier run\n") and run.stdout.strip() in md
+    data = json.loads((tmp_path / "cpu.json").read_text())
+    assert data["modes"] == {"v1 fidelity": {}} and data["flux"] == {"tiny": True}
+    enc = data["encode"]
+    assert enc["tiny"] and enc["vram"] is None and enc["sizes"]["id_tokens"][0] == 32
+    stages = (*cases.ENCODE_STAGES, "rest")
+    for key, n in (("cold_s", 1), ("warm_s", 3)):
+        t = enc[key]
+        assert set(t) == {*stages, "total"} and all(len(v) == n for v in t.values())
+        for name in cases.ENCODE_STAGES:  # every stage ran inside every timed call
+            assert min(t[name]) > 0, (key, name)
+        for r in range(n):
+            assert sum(t[s][r] for s in stages) == pytest.approx(t["total"][r], rel=1e-9)
+            assert t["rest"][r] >= 0  # the stages happen inside the total: none counted twice
+    assert enc["warm"]["total"]["median_s"] == pytest.approx(statistics.median(enc["warm_s"]["total"]))
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| ") and "|---" not in line]
+    assert len(rows) == 1 + len(stages) + 1  # header, the stages and the rest, the total
+    assert rows[-1].startswith("| **total** |") and rows[-1].endswith("| 100.0% |")
+
+
+def test_the_encode_section_of_cpu_md_replaces_only_itself():
+    from benchmarks import report
+
+    every = report.merge_markdown("", sdxl="# SDXL v1\n", flux="## FLUX v1\n", encode="## encode v1\n")
+    assert every.index("# SDXL v1") < every.index("## FLUX v1") < every.index("## encode v1")
+    assert report.merge_markdown(every, encode="## encode v2") == every.replace("## encode v1", "## encode v2")
+    assert report.merge_markdown(every, flux="## FLUX v2") == every.replace("## FLUX v1", "## FLUX v2")
+    assert report.merge_markdown(every, sdxl="# SDXL v2") == every.replace("# SDXL v1", "# SDXL v2")
+    only_encode = report.merge_markdown("# SDXL v1\n", encode="## encode v1")
+    assert report.merge_markdown(only_encode, flux="## FLUX v1") == every
+    assert report.merge_json({"modes": 1, "flux": 2, "encode": 5}, sdxl={"modes": 3}) == \
+        {"modes": 3, "flux": 2, "encode": 5}
+    assert report.merge_json({"modes": 1, "flux": 2}, encode=6) == {"modes": 1, "flux": 2, "encode": 6}
