@@ -41,7 +41,12 @@ case "$*" in *python3.13-venv*) touch {bin_dir / 'py13.venv-installed'} ;; esac
 """)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PULID_CACHE=str(tmp_path / "cache"),
                PULID_PYTHON_CANDIDATES=" ".join(candidates))
-    env.pop("PYTHON", None)
+    # The suite itself may run under test.sh --comfyui, whose variables (the real tarball's
+    # checksum, the other venv) must not reach the script under test.
+    for name in [n for n in env if n.startswith("PULID_") and n not in ("PULID_CACHE", "PULID_PYTHON_CANDIDATES")]:
+        env.pop(name)
+    for name in ("PYTHON", "COMFYUI_DIR"):
+        env.pop(name, None)
     if python:
         env["PYTHON"] = str(bin_dir / python)
     return subprocess.run(["bash", str(SETUP), *args], env=env, capture_output=True, text=True, timeout=60)
