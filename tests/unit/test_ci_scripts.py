@@ -32,7 +32,7 @@ esac
 """)
 
 
-def _setup(tmp_path, candidates, *args, uid=1000, python=None, apt_ok=True):
+def _setup(tmp_path, candidates, *args, uid=1000, python=None, apt_ok=True, extra_env=None):
     bin_dir = tmp_path / "bin"
     _stub(bin_dir / "id", f"echo {uid}\n")
     _stub(bin_dir / "apt-get", f"""echo "$@" >> {tmp_path / 'apt.log'}
@@ -47,6 +47,7 @@ case "$*" in *python3.13-venv*) touch {bin_dir / 'py13.venv-installed'} ;; esac
         env.pop(name)
     for name in ("PYTHON", "COMFYUI_DIR"):
         env.pop(name, None)
+    env.update(extra_env or {})
     if python:
         env["PYTHON"] = str(bin_dir / python)
     return subprocess.run(["bash", str(SETUP), *args], env=env, capture_output=True, text=True, timeout=60)
@@ -241,6 +242,6 @@ def test_a_tarball_is_extracted_once_into_the_cache_with_a_user_folder(tmp_path,
 def test_a_tarball_with_another_checksum_is_refused(tmp_path, bin_dir, monkeypatch):
     _python(bin_dir, "py13", "3.13")
     tarball, sha = _tarball(tmp_path)
-    monkeypatch.setenv("PULID_COMFYUI_SHA256", "0" * 64)
-    run = _setup(tmp_path, ["py13"], "--dry-run", "--comfyui", str(tarball))
+    run = _setup(tmp_path, ["py13"], "--dry-run", "--comfyui", str(tarball),
+                 extra_env={"PULID_COMFYUI_SHA256": "0" * 64})
     assert run.returncode == 1 and f"sha256 {sha}, expected" in run.stderr
