@@ -113,37 +113,31 @@ def run_flux(args, command: str) -> int:
     plan = cases.FluxPlan(tiny=args.tiny, device=args.device)
     if args.tiny:
         plan.resolutions, plan.reps = (64, 128), 3
-    if args.reps:
-        plan.reps = args.reps
-    torch.set_num_threads(args.threads or 1)  # as --quick: long calls, but a shared machine's barriers stall
-    started = time.perf_counter()
-    results = cases.run_flux(plan)
-    results["machine"] = report.machine(results["comfy_root"], plan.device)
-    results["machine"]["wall_s"] = round(time.perf_counter() - started)
-    text = report.flux_markdown(results, command, note=args.note)
-    print(text)
-    out_dir = args.out_dir or (None if args.tiny else models.REPO / "benchmarks" / "results")
-    if out_dir is not None:
-        write(out_dir, flux=(text, report.flux_json(results)), stem=plan.device if plan.device == "cpu" else "gpu")
-    return 0
+    return _run_device_case(args, command, plan, "flux", cases.run_flux, report.flux_markdown, report.flux_json)
 
 
 def run_encode(args, command: str) -> int:
     plan = cases.EncodePlan(tiny=args.tiny, device=args.device, precision=args.precision or "")
     if args.tiny:
         plan.reps = 3
+    return _run_device_case(args, command, plan, "encode", cases.run_encode, report.encode_markdown,
+                            report.encode_json)
+
+
+def _run_device_case(args, command: str, plan, section: str, run, markdown, as_json) -> int:
+    """Run a case that measures on ``plan.device``, print its table and write its section of the results."""
     if args.reps:
         plan.reps = args.reps
-    torch.set_num_threads(args.threads or 1)  # as --flux: a shared machine's barriers stall several threads
+    torch.set_num_threads(args.threads or 1)  # long calls, but a shared machine's barriers stall several threads
     started = time.perf_counter()
-    results = cases.run_encode(plan)
+    results = run(plan)
     results["machine"] = report.machine(results["comfy_root"], plan.device)
     results["machine"]["wall_s"] = round(time.perf_counter() - started)
-    text = report.encode_markdown(results, command, note=args.note)
+    text = markdown(results, command, note=args.note)
     print(text)
     out_dir = args.out_dir or (None if args.tiny else models.REPO / "benchmarks" / "results")
     if out_dir is not None:
-        write(out_dir, encode=(text, report.encode_json(results)), stem="cpu" if plan.device == "cpu" else "gpu")
+        write(out_dir, **{section: (text, as_json(results))}, stem="cpu" if plan.device == "cpu" else "gpu")
     return 0
 
 
