@@ -57,6 +57,14 @@ pip_quiet() { "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 python_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
 # Debian/Ubuntu split venv's pip bootstrap (ensurepip) into python3.X-venv.
 has_venv() { "$1" -c 'import venv, ensurepip' >/dev/null 2>&1; }
+# A cached venv serves every run that does not ask for another Python. PYTHON= naming another
+# version than the cached venv's gets a venv of its own beside it: "" or "-pyX.Y" for venv $1.
+python_suffix() {
+    [ -n "${PYTHON:-}" ] && [ -f "$1/.complete" ] || return 0
+    local want have
+    want="$(python_version "$PYTHON")"; have="$(python_version "$1/bin/python")"
+    if [ -n "$want" ] && [ "$want" != "$have" ]; then echo "-py$want"; fi
+}
 
 # Sets $python and $python_ver, installing the distribution's venv package when
 # it is missing and we are root; otherwise says exactly what to install.
@@ -204,6 +212,7 @@ if [ -z "$other_comfy" ]; then
     # The pinned ComfyUI: the venv is keyed by the two requirements files only.
     req_hash="$(cat "$here/requirements.txt" "$here/requirements-dev.txt" | sha256sum | cut -c1-12)"
     venv="$cache/venv-$req_hash"
+    venv="$venv$(python_suffix "$venv")"
     if [ ! -f "$venv/.complete" ] || [ "$dry_run" = 1 ]; then choose_python; fi
     if [ ! -f "$venv/.complete" ] && [ "$dry_run" = 0 ]; then build_venv "$venv" "$here/requirements-dev.txt"; fi
     if [ -n "${COMFYUI_DIR:-}" ]; then
@@ -243,6 +252,7 @@ else
         # Keyed by the composed requirements, like the pinned ComfyUI's venv.
         key="$(echo "$composed" | sha256sum | cut -c1-12)"
         venv="$cache/venv-comfyui-$(comfy_tree_version "$comfy_dir")-$key"
+        venv="$venv$(python_suffix "$venv")"
         if [ ! -f "$venv/.complete" ] || [ "$dry_run" = 1 ]; then choose_python; fi
         if [ ! -f "$venv/.complete" ] && [ "$dry_run" = 0 ]; then
             reqs="$(mktemp)"; echo "$composed" > "$reqs"

@@ -245,3 +245,21 @@ def test_a_tarball_with_another_checksum_is_refused(tmp_path, bin_dir, monkeypat
     run = _setup(tmp_path, ["py13"], "--dry-run", "--comfyui", str(tarball),
                  extra_env={"PULID_COMFYUI_SHA256": "0" * 64})
     assert run.returncode == 1 and f"sha256 {sha}, expected" in run.stderr
+
+
+def test_PYTHON_of_another_version_than_the_cached_venv_gets_its_own_venv(tmp_path, bin_dir):
+    _python(bin_dir, "py13", "3.13")
+    _python(bin_dir, "py11", "3.11")
+    first = _setup(tmp_path, ["py11"], "--dry-run")
+    cached = Path(dict(line.split("=", 1) for line in first.stdout.splitlines())["PULID_VENV"])
+    (cached / "bin").mkdir(parents=True)
+    shutil.copy(bin_dir / "py11", cached / "bin" / "python")
+    (cached / ".complete").touch()
+
+    def venv_of(run):
+        assert run.returncode == 0, run.stderr
+        return dict(line.split("=", 1) for line in run.stdout.splitlines())["PULID_VENV"]
+
+    assert venv_of(_setup(tmp_path, ["py13", "py11"], "--dry-run")) == str(cached)  # no PYTHON=: the cache
+    assert venv_of(_setup(tmp_path, ["py13"], "--dry-run", python="py11")) == str(cached)  # same version
+    assert venv_of(_setup(tmp_path, ["py13"], "--dry-run", python="py13")) == f"{cached}-py3.13"
