@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +27,9 @@ import torch.nn.functional as F
 from ..pulid_core.attention import id_attention_prepared, prepare_id_kv, select_rows
 from ..pulid_core.options import check_mask_batch
 from ..pulid_core.rows import batch_rows
+from .sigma_gate import SigmaGate
 
 log = logging.getLogger(__name__)
-
-# ComfyUI's model_sampling.percent_to_sigma(0.0) returns 999999999.9 ("any sigma").
-_ANY_SIGMA = 999999999.0
-
 
 def _comfy_attention():
     # Looked up at call time: ComfyUI may rebind its backend after import.
@@ -78,35 +74,20 @@ class IDContext:
         self.weight = float(weight)
         self.projection = projection
         self.num_zero = int(num_zero)
-        self.sigma_start = float(sigma_start)
-        self.sigma_end = float(sigma_end)
+        self.gate = SigmaGate(sigma_start, sigma_end)
         self.mask = mask
-        # The range covers every sigma a schedule can have: no need to look at the step's sigma.
-        self.always_active = self.sigma_end <= 0.0 and self.sigma_start >= _ANY_SIGMA
         # Caches of pure functions of the fields above. Filling one twice from two threads
         # computes the same value twice; a dict assignment is atomic, so no lock is needed.
         self._kv: dict = {}
         self._rows: dict = {}
         self._masks: dict = {}
-        self._gate: tuple = (None, True)
 
     def active(self, extra_options) -> bool:
-        if self.always_active:
-            return True
-        sigmas = extra_options.get("sigmas")
-        if sigmas is None:
-            return True
-        # One read per step: every layer of a step gets the same sigmas tensor.
-        ref, decision = self._gate
-        if ref is not None and ref() is sigmas:
-            return decision
-        sigma = float(sigmas.reshape(-1)[0])
-        decision = self.sigma_end <= sigma <= self.sigma_start
-        try:
-            self._gate = (weakref.ref(sigmas), decision)
-        except TypeError:
-            pass
-        return decision
+        return self.gate(extra_options)
+
+    @property
+    def always_active(self) -> bool:
+        return self.gate.always_active
 
     def kv(self, module_index: int, device, dtype):
         """(k, v) each [2, T + num_zero, C]: row COND then row UNCOND, in ``dtype``, zero rows included.

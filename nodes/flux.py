@@ -84,7 +84,7 @@ def apply_flux_embeds(model, adapter: PuLIDAdapter, embeds: IDEmbeds, *, node: s
     sampling = model.get_model_object("model_sampling")
     context = FluxIDContext(adapter.patcher, embeds.cond, embeds.uncond, weight=weight,
                             sigma_start=sampling.percent_to_sigma(start_at),
-                            sigma_end=sampling.percent_to_sigma(end_at), mask=mask)
+                            sigma_end=sampling.percent_to_sigma(end_at), mask=mask, node=node)
 
     def replaces(earlier: FluxIDContext) -> bool:
         return mask is None or earlier.mask is None

@@ -27,6 +27,8 @@ import torch
 
 from ..pulid_core import flux as core_flux
 from ..pulid_core.errors import PuLIDError
+from ..pulid_core.options import check_mask_batch
+from .sigma_gate import SigmaGate
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +60,25 @@ class FluxIDContext:
     """
 
     def __init__(self, adapter, cond, uncond, *, weight: float, sigma_start: float, sigma_end: float,
-                 mask: torch.Tensor | None = None):
+                 mask: torch.Tensor | None = None, node: str = "Apply PuLID (FLUX)"):
+        self.node = node  # for messages that can only be given at sampling time
         self.adapter = adapter  # comfy ModelPatcher around pulid_core's PuLIDFluxModel
         self.cond = cond
         self.uncond = uncond
         self.weight = float(weight)
-        self.sigma_start = float(sigma_start)
-        self.sigma_end = float(sigma_end)
+        self.gate = SigmaGate(sigma_start, sigma_end)
         self.mask = mask
 
+    @property
+    def sigma_start(self) -> float:
+        return self.gate.sigma_start
+
+    @property
+    def sigma_end(self) -> float:
+        return self.gate.sigma_end
+
     def active(self, options) -> bool:
-        if self.weight == 0:
-            return False
-        sigmas = options.get("sigmas")
-        if sigmas is None:
-            return True
-        sigma = float(sigmas.reshape(-1)[0])
-        return self.sigma_end <= sigma <= self.sigma_start
+        return self.weight != 0 and self.gate(options)
 
     def add(self, img: torch.Tensor, ca: int, options) -> torch.Tensor:
         """``img`` [B, N, C] (only the image tokens of the latent grid) plus this identity."""
@@ -86,10 +90,11 @@ class FluxIDContext:
             if grid is None:
                 raise PuLIDError("PuLID-FLUX: the attention mask needs the token grid; the pack's "
                                    "DIFFUSION_MODEL wrapper did not run (model patched outside Apply PuLID?).")
-            # One mask for all latents, or one per latent (the same in every cond/uncond chunk).
+            # One mask for all latents, or one per latent (the same in every cond/uncond chunk); the
+            # latent batch is first known here, so a mismatch is refused here, never mask[0] silently.
             per_chunk = img.shape[0] // len(chunks)
-            masks = self.mask if self.mask.shape[0] in (1, per_chunk) else self.mask[:1]
-            mask = core_flux.mask_to_tokens(masks, grid[0], grid[1], per_chunk, img.dtype, img.device)
+            check_mask_batch(self.mask.shape[0], per_chunk, node=self.node)
+            mask = core_flux.mask_to_tokens(self.mask, grid[0], grid[1], per_chunk, img.dtype, img.device)
             mask = mask.repeat(len(chunks), 1, 1)
         return core_flux.add_identity(img, self.adapter.model, ca, rows, self.weight, mask=mask)
 

@@ -270,6 +270,41 @@ def test_start_and_end_gate_through_the_models_sigmas(tiny_flux, adapters, golde
     assert ctx.sigma_end == pytest.approx(float(sampling.percent_to_sigma(0.75)))
 
 
+def test_a_mask_batch_that_fits_no_latent_batch_is_refused_at_sampling(adapters, golden_id):
+    from pulid_core.errors import PuLIDError
+
+    # Two masks for one latent: never a silent mask[0] for every row.
+    run, _ = _one_block(adapters, golden_id, mask=torch.ones(2, 64, 64))
+    with pytest.raises(PuLIDError, match=r"Apply PuLID \(FLUX\): attn_mask holds 2 masks but the latent batch is 1"):
+        run()
+
+
+def test_the_sigma_gate_reads_the_step_once(adapters, golden_id, monkeypatch):
+    from comfyui_pulid.nodes.flux_patch import GRID, STREAMS, FluxBlockPatch, FluxIDContext
+
+    reads = []
+    real = torch.Tensor.__float__
+    monkeypatch.setattr(torch.Tensor, "__float__", lambda t: reads.append(1) or real(t))
+    img = torch.randn(1, 16, 128)
+
+    def step(patch, sigmas):
+        options = {"cond_or_uncond": [0], GRID: (4, 4), STREAMS: {"txt": 8}, "sigmas": sigmas}
+        return patch({"img": img, "txt": img[:, :8], "transformer_options": options},
+                     {"original_block": lambda a: {"img": a["img"], "txt": a["txt"]}})
+
+    ranged = FluxIDContext(adapters["golden"].patcher, golden_id, golden_id, weight=1.0, sigma_start=0.8,
+                           sigma_end=0.3)
+    patches = [FluxBlockPatch(ranged, "double", k) for k in range(3)]
+    sigmas = torch.tensor([0.5])
+    for patch in patches:  # the blocks of one step share its sigmas tensor
+        step(patch, sigmas)
+    assert len(reads) == 1
+    whole = FluxIDContext(adapters["golden"].patcher, golden_id, golden_id, weight=1.0, sigma_start=1e9,
+                          sigma_end=0.0)
+    step(FluxBlockPatch(whole, "double", 0), torch.tensor([0.5]))
+    assert len(reads) == 1  # the whole schedule: nothing read
+
+
 # -- the whole node with a face, sampling, refusals --------------------------------------------
 @pytest.fixture(scope="module")
 def face_tools(adapters):

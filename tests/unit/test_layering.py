@@ -36,7 +36,8 @@ TENSOR_METHODS = {
 # index, concatenate, repeat, expand and reshape rows, and resize the mask to a layer's token grid.
 PATCH_ROW_OPS = {"torch.cat", "F.interpolate", "reshape", "expand", "repeat", "repeat_interleave", "cat",
                  "interpolate"}
-PER_FILE = {"attn_patch.py": PATCH_ROW_OPS, "flux_patch.py": PATCH_ROW_OPS}
+# The sigma gate flattens the step's sigmas to read its first value (a read, not math).
+PER_FILE = {"attn_patch.py": PATCH_ROW_OPS, "flux_patch.py": PATCH_ROW_OPS, "sigma_gate.py": {"reshape"}}
 
 
 def py_files(root: Path):
