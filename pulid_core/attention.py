@@ -37,15 +37,6 @@ def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.view(b, n, heads, -1).transpose(1, 2)
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Plain multi-head attention with the standard 1/sqrt(d) scale, [B, N, heads*d] in and out."""
-    b, n, inner = q.shape
-    out = F.scaled_dot_product_attention(
-        _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads)
-    )
-    return out.transpose(1, 2).reshape(b, n, inner)
-
-
 class PreparedIDKV(NamedTuple):
     """One layer's ID keys and values laid out for :func:`id_attention_prepared`.
 
