@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +82,8 @@ class IDContext:
         self._kv: dict = {}
         self._rows: dict = {}
         self._masks: dict = {}
+        # Scratch buffers of the CPU path, reused across calls (one set per thread and shape).
+        self._workspaces: dict = {}
 
     def active(self, extra_options) -> bool:
         return self.gate(extra_options)
@@ -114,7 +117,7 @@ class IDContext:
             with torch.no_grad():
                 # The zero rows become one mask column (see prepare_id_kv).
                 kv = prepare_id_kv(k[:, :tokens], v[:, :tokens], heads, self.weight, num_zero=self.num_zero)
-                cached = self._rows[key] = select_rows(kv, rows=torch.tensor(rows, device=device))
+                cached = self._rows[key] = select_rows(kv, rows=rows)
         return cached
 
     def drop_device_caches(self, keep_cpu: bool = True) -> None:
@@ -124,6 +127,11 @@ class IDContext:
         self._kv = {k: v for k, v in self._kv.items() if keep(k[1])}
         self._rows = {k: v for k, v in self._rows.items() if keep(k[4])}
         self._masks = {k: v for k, v in self._masks.items() if keep(k[4])}
+        self._workspaces = {}
+
+    def workspace(self) -> dict:
+        """This thread's scratch buffers for :func:`id_attention_prepared`."""
+        return self._workspaces.setdefault(threading.get_ident(), {})
 
     def mask_rows(self, extra_options, batch_per_chunk: int, chunks: int, device, dtype):
         """The mask at this layer's exact token grid, [chunks*batch, N, 1], or None (cached)."""
@@ -165,7 +173,10 @@ class IDAttnPatch:
         kv = ctx.prepared(self.module_index, cond_or_uncond, batch, heads, q.device, q.dtype)
         chunks = max(len(cond_or_uncond), 1)
         mask = ctx.mask_rows(extra_options, batch // chunks, chunks, q.device, q.dtype)
-        return id_attention_prepared(base, q, kv, ctx.projection, mask=mask)
+        # Into base in place only when it is ComfyUI's new attention output: an upstream patch
+        # may return a tensor it keeps (a cache).
+        return id_attention_prepared(base, q, kv, ctx.projection, mask=mask, workspace=ctx.workspace(),
+                                     inplace=self.upstream is None)
 
     # -- ModelPatcher lifecycle -------------------------------------------------
     def to(self, device_or_dtype):

@@ -12,8 +12,9 @@ each softmax denominator; :func:`prepare_id_kv` leaves them out of the attention
 adds one extra logit column of ``log(num_zero)`` instead (the same softmax), and folds
 the weight into the values (the attention is linear in them). Everything that depends
 only on the Apply is prepared once per layer; a sampling call
-(:func:`id_attention_prepared`) reads nothing back from the device and launches a fixed
-handful of kernels (torch's fused attention for the ID attention and ortho_v2's mass).
+(:func:`id_attention_prepared`) reads nothing back from the device and runs a fixed set of
+ops: torch's fused attention (GPUs), or on the CPU one set of logits serving both the ID
+attention and ortho_v2's mass, in reused buffers.
 """
 
 from __future__ import annotations
@@ -32,11 +33,6 @@ PROJECTIONS = ("none", "ortho", "ortho_v2")
 ORTHO_V2_TOKENS = 5
 
 
-def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
-    b, n, _ = t.shape
-    return t.view(b, n, heads, -1).transpose(1, 2)
-
-
 class PreparedIDKV(NamedTuple):
     """One layer's ID keys and values laid out for :func:`id_attention_prepared`.
 
@@ -48,8 +44,8 @@ class PreparedIDKV(NamedTuple):
     logit -inf: weight exactly 0). ``v_rest`` [B, heads, T', d]: 1 on the columns after the
     first ORTHO_V2_TOKENS (zero tokens included), 0 elsewhere; an attention with the unscaled
     logits over these values gives each head's mass on the other tokens in every channel
-    (ortho_v2). ``zero``, ``tiny`` and ``one``: fp32 [1] constants on the device (1-D, so that they
-    make a product of fp16 tensors run in fp32). B is 1 or the batch. In fp16/bf16,
+    (ortho_v2). ``zero`` and ``tiny``: fp32 [1] constants, ``one`` fp32 ones [1, 1, heads*d], on the
+    device (so that they make a product of fp16 tensors run in fp32). B is 1 or the batch. In fp16/bf16,
     log(num_zero) is rounded to that dtype (the zero tokens' weight is off by at most 0.1 %).
     """
 
@@ -62,6 +58,9 @@ class PreparedIDKV(NamedTuple):
     one: torch.Tensor
     scale: float
     heads: int
+    rest_cols: torch.Tensor  # [1, heads*T']: 1 on the columns v_rest marks, for the explicit path
+    mask_rest: torch.Tensor  # [1, T', 1]: mask * (1 - scale), rescales unscaled logits in place
+    runs: tuple | None = None  # ((start, stop), ...): rows sharing their keys; None: each row alone
 
     @property
     def rows(self) -> int:
@@ -120,48 +119,86 @@ def prepare_id_kv(id_k: torch.Tensor, id_v: torch.Tensor, heads: int, weight, *,
     if num_zero:
         mask[:, tokens] = math.log(num_zero)
         v_rest[:, :, tokens] = 1.0
-    zero, tiny, one = torch.tensor([[0.0], [_TINY], [1.0]], device=device, dtype=torch.float32).unbind()
+    zero, tiny = torch.tensor([[0.0], [_TINY]], device=device, dtype=torch.float32).unbind()
+    # A row of ones, not a [1] constant: CPU kernels vectorise addcmul(one, [B, N, 1], [B, 1, C])
+    # only when at most one operand is constant along the channels (7x faster).
+    one = torch.ones(1, 1, heads * d, device=device, dtype=torch.float32)
+    scale = 1.0 / math.sqrt(d)
+    rest_cols = v_rest[:, :, :, 0].reshape(1, heads * width).contiguous()
     return PreparedIDKV(k, v, v_rest.expand(k.shape[0], -1, -1, -1).contiguous(), mask, zero, tiny, one,
-                        1.0 / math.sqrt(d), heads)
+                        scale, heads, rest_cols, (mask * (1.0 - scale)).view(1, width, 1))
 
 
-def select_rows(kv: PreparedIDKV, rows: torch.Tensor | None = None, batch: int | None = None) -> PreparedIDKV:
-    """The keys/values of rows ``rows`` (a LongTensor of row indices), or of one row
-    broadcast to ``batch`` rows; contiguous, ready for a batch."""
+def select_rows(kv: PreparedIDKV, rows=None, batch: int | None = None) -> PreparedIDKV:
+    """The keys/values of rows ``rows`` (row indices: a sequence or a LongTensor), or of one row
+    broadcast to ``batch`` rows; contiguous, ready for a batch. Runs of consecutive rows that
+    share their keys are noted, so that the explicit path multiplies each run at once."""
     k, v, v_rest = kv.k, kv.v, kv.v_rest
     if rows is not None:
-        k, v, v_rest = k[rows], v[rows], v_rest[rows]
-    elif batch is not None and k.shape[0] != batch:
+        rows = [int(r) for r in (rows.tolist() if isinstance(rows, torch.Tensor) else rows)]
+        index = torch.tensor(rows, device=k.device)
+        k, v, v_rest = k[index], v[index], v_rest[index]
+    elif batch is not None:
+        if k.shape[0] == 1:
+            rows = [0] * batch
         k, v, v_rest = (t.expand(batch, -1, -1, -1) for t in (k, v, v_rest))
-    return kv._replace(k=k.contiguous(), v=v.contiguous(), v_rest=v_rest.contiguous())
+    runs = None
+    if rows:
+        starts = [i for i in range(len(rows)) if i == 0 or rows[i] != rows[i - 1]]
+        runs = tuple(zip(starts, starts[1:] + [len(rows)]))
+    return kv._replace(k=k.contiguous(), v=v.contiguous(), v_rest=v_rest.contiguous(), runs=runs)
 
 
 _TINY = torch.finfo(torch.float32).tiny
 
 
 def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV, projection: str,
-                          mask: torch.Tensor | None = None) -> torch.Tensor:
+                          mask: torch.Tensor | None = None, *, fused: bool | None = None,
+                          workspace: dict | None = None, inplace: bool = False) -> torch.Tensor:
     """``base`` plus the ID term, with keys/values from :func:`prepare_id_kv` (one row per q row).
 
-    The ID attention runs in q's dtype through torch's scaled_dot_product_attention, which
-    reads the heads straight out of q's [B, N, heads*d] layout and writes its result
-    token-major like H (on the CPU and CUDA kernels): no copies. The projection runs in fp32 as
-    the authors do: products of fp16 values with the fp32 constants are computed in fp32, and
-    the result is rounded once, into base's dtype. Nothing is read back from the device.
+    Two ways to the same numbers; neither reads anything back from the device.
+    ``fused=True``: torch's scaled_dot_product_attention for the ID attention (and a second one
+    for ortho_v2's mass), which reads the heads straight out of q's [B, N, heads*d] layout and
+    writes its result token-major like H: few kernels, the logits never stored.
+    ``fused=False``: the logits as one matmul per run of rows sharing their keys, kept in one
+    buffer that serves both softmaxes (the ID attention's and ortho_v2's mass of the unscaled
+    logits), then one matmul per run writes the result token-major: more, smaller ops and about
+    half the arithmetic of two fused attentions (torch's CPU flash kernel is slow for 16 keys).
+    ``None`` (default): the explicit path for fp32 on the CPU, the fused one elsewhere
+    (GPUs, and fp16/bf16 CPU runs).
+    ``workspace``: a dict the caller keeps between calls; the explicit path's intermediate
+    tensors then live in buffers reused across calls (one per shape: fresh CPU memory costs a
+    page fault per 4 KiB, about as much time as the arithmetic here).
+    ``inplace``: write the result into ``base`` (which must be the caller's own new tensor, such
+    as ComfyUI's attention output) instead of a new tensor.
+    The projection runs in fp32 as the authors do; the result is rounded once, into base's dtype.
     """
     batch, n, inner = q.shape
-    heads = kv.heads
+    if projection not in PROJECTIONS:
+        raise PuLIDError(f"Unknown PuLID projection {projection!r}; use one of {', '.join(PROJECTIONS)}.")
     if kv.rows != batch:
         raise PuLIDError(f"ID keys for {kv.rows} rows cannot serve a batch of {batch}.")
-    qh = q.reshape(batch, n, heads, -1).transpose(1, 2)  # [B, h, N, d], a view of a contiguous q
-    # The weight is folded into v; the result is a fresh tensor, updated in place below.
-    ident = F.scaled_dot_product_attention(qh, kv.k, kv.v, attn_mask=kv.mask, scale=kv.scale)
-    ident = ident.transpose(1, 2).reshape(batch, n, inner)  # a view where the kernel wrote token-major
+    if fused is None:
+        fused = q.device.type != "cpu" or q.dtype != torch.float32 or base.dtype != torch.float32
+    # (CPU fp16/bf16 results are computed in fp32 copies and rounded into a new tensor.)
+    in_place = inplace and (base.is_cuda or base.dtype == q.dtype == torch.float32)
+    if fused:
+        ident, rest = _attend_fused(q, kv, projection == "ortho_v2")
+    else:
+        # I itself lives in the workspace only when the result goes into base.
+        ident, rest = _attend_explicit(q, kv, projection == "ortho_v2", workspace, reuse_ident=in_place)
+    # In place: the last op writes the result into base (with a mask: the full result into I's
+    # buffer, then the blend into base).
+    dest = None if not in_place else base if mask is None else ident
 
     if projection == "none":
         # Added in the UNet dtype, as the authors do.
-        out = ident.add_(base) if ident.dtype == base.dtype else base + ident.to(base.dtype)
-        return _masked(base, out, mask)
+        if ident.dtype == base.dtype:
+            full = torch.add(ident, base, out=dest if dest is not None else ident)
+        else:
+            full = base + ident.to(base.dtype)
+        return _masked(base, full, mask, into_base=in_place)
 
     # The projection in fp32, as the authors do. CUDA kernels convert fp16/bf16 operands to fp32
     # as they load them (the fp32 constants below make each product run in fp32); CPU kernels
@@ -175,29 +212,90 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
     # positive number (the authors' 0/0 = NaN becomes 0: the ID term is added unprojected;
     # elsewhere H*H + tiny rounds to H*H), and <H, s I>. One fp32 scratch tensor serves both
     # products and the factor.
-    scratch = torch.addcmul(kv.tiny, h, h)
-    energy = scratch.sum(dim=1, keepdim=True)  # [B, 1, C]
+    scratch = _buffer(workspace, "scratch", h.shape, torch.float32, h.device)
+    energy = torch.addcmul(kv.tiny, h, h, out=scratch).sum(dim=1, keepdim=True)  # [B, 1, C]
     dot = torch.addcmul(kv.zero, h, i, out=scratch).sum(dim=1, keepdim=True)
     if projection == "ortho":
         # H + s (I - P) = I_s + H (1 - c), c = <H, I_s> / |H|^2 per channel.
         factor = torch.addcdiv(kv.one, dot, energy, value=-1.0)
     else:
         # H + s (I + (m - 1) P) = I_s + H (1 + (m - 1) c), m the mass on the first ORTHO_V2_TOKENS
-        # ID tokens of the softmax of the unscaled logits, averaged over the heads. 1 - m per
-        # head is the attention of q onto v_rest (every channel holds it), summed over the heads.
-        rest = F.scaled_dot_product_attention(qh, kv.k, kv.v_rest, attn_mask=kv.mask, scale=1.0)
-        rest = rest[..., 0].sum(dim=1, dtype=torch.float32)  # [B, N]
-        factor = torch.addcmul(kv.one, rest.unsqueeze(-1), dot.div_(energy), value=-1.0 / heads, out=scratch)
-    out = i.addcmul_(h, factor)  # i is this call's own tensor; computed in fp32, rounded once
-    return _masked(base, out if out.dtype == base.dtype else out.to(base.dtype), mask)
+        # ID tokens of the softmax of the unscaled logits, averaged over the heads; ``rest`` [B, N, 1]
+        # is the heads' summed mass on the other tokens, so m - 1 = -rest / heads.
+        factor = torch.addcmul(kv.one, rest, dot.div_(energy), value=-1.0 / kv.heads, out=scratch)
+    # Into this call's own I (or base, in place); computed in fp32, rounded once.
+    full = torch.addcmul(i, h, factor, out=dest if dest is not None else i)
+    return _masked(base, full if full.dtype == base.dtype else full.to(base.dtype), mask, into_base=in_place)
 
 
-def _masked(base: torch.Tensor, full: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _buffer(workspace: dict | None, name: str, shape, dtype, device) -> torch.Tensor:
+    """An uninitialised tensor: fresh, or the workspace's one of this name, shape, dtype and device."""
+    if workspace is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    key = (name, tuple(shape), dtype, str(device))
+    buf = workspace.get(key)
+    if buf is None:
+        buf = workspace[key] = torch.empty(shape, dtype=dtype, device=device)
+    return buf
+
+
+def _attend_fused(q: torch.Tensor, kv: PreparedIDKV, mass: bool):
+    """(I [B, N, C] in q's dtype, this call's own tensor; ortho_v2's rest mass [B, N, 1] or None)
+    through torch's fused attention."""
+    batch, n, inner = q.shape
+    qh = q.reshape(batch, n, kv.heads, -1).transpose(1, 2)  # [B, h, N, d], a view of a contiguous q
+    # The weight is folded into v.
+    ident = F.scaled_dot_product_attention(qh, kv.k, kv.v, attn_mask=kv.mask, scale=kv.scale)
+    ident = ident.transpose(1, 2).reshape(batch, n, inner)  # a view where the kernel wrote token-major
+    if not mass:
+        return ident, None
+    # 1 - m per head is the attention of q onto v_rest with the unscaled logits (every channel holds it).
+    rest = F.scaled_dot_product_attention(qh, kv.k, kv.v_rest, attn_mask=kv.mask, scale=1.0)
+    return ident, rest[..., 0].sum(dim=1, dtype=torch.float32).unsqueeze(-1)
+
+
+def _attend_explicit(q: torch.Tensor, kv: PreparedIDKV, mass: bool, workspace: dict | None = None,
+                     reuse_ident: bool = False):
+    """The same as :func:`_attend_fused` with the logits kept, per run of rows that share their
+    keys: [runs, heads, T', R*N] (the softmax runs over T' with the tokens contiguous, which
+    torch's CPU kernel vectorises; one block per run keeps each matmul operand's stride short),
+    one matmul per run each way (q's heads read in place, as a strided operand)."""
+    batch, n, inner = q.shape
+    heads, width = kv.heads, kv.k.shape[-2]
+    d = inner // heads
+    q = q if q.is_contiguous() else q.contiguous()
+    runs = kv.runs
+    if runs is None or len({stop - start for start, stop in runs}) > 1:
+        runs = tuple((r, r + 1) for r in range(batch))  # blocks of one size: one softmax for all
+    cols = (runs[0][1] - runs[0][0]) * n
+    logits = _buffer(workspace, "logits", (len(runs), heads, width, cols), q.dtype, q.device)
+    bias = kv.mask.view(1, width, 1)  # 0 for the ID tokens, log(num_zero), -inf for the padding
+    for block, (start, stop) in zip(logits, runs):
+        qt = q[start:stop].view(cols, heads, d).permute(1, 2, 0)  # [h, d, R*N]
+        torch.bmm(kv.k[start], qt, out=block)  # the unscaled logits
+    rest = None
+    if mass:
+        # ortho_v2's mass from the unscaled logits, then the scaled ones in place:
+        # scale * (L + bias) + (1 - scale) * bias = scale * L + bias (-inf stays -inf).
+        probs = torch.softmax(logits.add_(bias), dim=2)
+        rest = torch.matmul(kv.rest_cols, probs.view(len(runs), heads * width, cols)).view(batch, n, 1)
+        torch.add(kv.mask_rest, logits, alpha=kv.scale, out=logits)
+    else:
+        torch.add(bias, logits, alpha=kv.scale, out=logits)
+    probs = torch.softmax(logits, dim=2)
+    ident = _buffer(workspace if reuse_ident else None, "ident", q.shape, q.dtype, q.device)
+    for block, (start, stop) in zip(probs, runs):
+        torch.bmm(block.transpose(1, 2), kv.v[start], out=ident[start:stop].view(cols, heads, d).transpose(0, 1))
+    return ident, rest
+
+
+def _masked(base: torch.Tensor, full: torch.Tensor, mask: torch.Tensor | None, into_base: bool = False) -> torch.Tensor:
     """base + mask * (full - base): exactly ``full`` where the mask is 1 and ``base`` where it is 0.
-    Written over ``full`` (a fresh tensor)."""
+    Written over ``full`` (this call's own tensor), or over ``base``."""
     if mask is None:
         return full
-    return torch.lerp(base, full, _mask4(mask, base.shape[0], base.shape[1]).squeeze(-1).to(base.dtype), out=full)
+    weight = _mask4(mask, base.shape[0], base.shape[1]).squeeze(-1).to(base.dtype)
+    return torch.lerp(base, full, weight, out=base if into_base else full)
 
 
 def _mask4(mask: torch.Tensor, batch: int, n: int) -> torch.Tensor:
@@ -222,8 +320,8 @@ def id_attention(
     projection: str,
     *,
     mask: torch.Tensor | None = None,
-    attention=None,
     num_zero: int = 0,
+    fused: bool | None = None,
 ) -> torch.Tensor:
     """``base`` plus PuLID's ID term, before to_out.
 
@@ -233,10 +331,7 @@ def id_attention(
     tensor of 1 or B per-row values. projection: "none" (H + s*I), "ortho"
     (H + s*(I - P)) or "ortho_v2" (H + s*(I + (m - 1)*P)), P being I projected onto H
     over the token axis per channel. mask: broadcastable to [B, N, 1] (or [B, N]),
-    multiplies the ID term. attention: ``(q, k, v, heads) -> out`` in the same shape
-    convention (e.g. ComfyUI's optimized_attention) for the ID attention, given the
-    zero rows explicitly; default: this module's own attention, which shares ortho_v2's QK^T.
-    Returns base's dtype.
+    multiplies the ID term. fused: see :func:`id_attention_prepared`. Returns base's dtype.
     """
     if projection not in PROJECTIONS:
         raise PuLIDError(f"Unknown PuLID projection {projection!r}; use one of {', '.join(PROJECTIONS)}.")
@@ -251,34 +346,5 @@ def id_attention(
         raise PuLIDError(f"ID keys for {id_k.shape[0]} rows cannot serve a batch of {batch}.")
     if isinstance(weight, (int, float)) and weight == 0:
         return base.clone()
-    if attention is None:
-        kv = prepare_id_kv(id_k, id_v, heads, weight, num_zero=num_zero, device=q.device, dtype=q.dtype)
-        return id_attention_prepared(base, q, select_rows(kv, batch=batch), projection, mask)
-    return _id_attention_backend(base, q, id_k, id_v, heads, weight, projection, mask, attention, num_zero)
-
-
-def _id_attention_backend(base, q, id_k, id_v, heads, weight, projection, mask, attention, num_zero):
-    """The ID attention through a given backend (which needs the zero tokens as real rows)."""
-    batch = q.shape[0]
-    if num_zero:
-        pad = id_k.new_zeros(id_k.shape[0], int(num_zero), id_k.shape[-1])
-        id_k, id_v = torch.cat((id_k, pad), 1), torch.cat((id_v, pad), 1)
-    id_k = id_k.expand(batch, -1, -1).to(device=q.device, dtype=q.dtype)
-    id_v = id_v.expand(batch, -1, -1).to(device=q.device, dtype=q.dtype)
-    ident = attention(q, id_k, id_v, heads)
-    w = weight.reshape(-1, 1, 1).to(q.device) if isinstance(weight, torch.Tensor) else float(weight)
-    if projection == "none":
-        term = ident.to(base.dtype)
-        out = base
-    else:
-        out, ident = base.float(), ident.float()
-        energy = (out * out).sum(dim=-2, keepdim=True).clamp_min(_TINY)
-        proj = (out * ident).sum(dim=-2, keepdim=True) / energy * out
-        if projection == "ortho":
-            term = ident - proj
-        else:
-            logits = _split_heads(q.float(), heads) @ _split_heads(id_k.float(), heads).transpose(-2, -1)
-            mass = logits.softmax(dim=-1).mean(dim=1)[..., :ORTHO_V2_TOKENS].sum(dim=-1, keepdim=True)
-            term = ident + (mass - 1.0) * proj
-    term = term * (w.to(term.dtype) if isinstance(w, torch.Tensor) else w)
-    return _masked(base, (out + term).to(base.dtype), mask)
+    kv = prepare_id_kv(id_k, id_v, heads, weight, num_zero=num_zero, device=q.device, dtype=q.dtype)
+    return id_attention_prepared(base, q, select_rows(kv, batch=batch), projection, mask, fused=fused)

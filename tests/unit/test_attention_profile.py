@@ -34,7 +34,7 @@ NOT_KERNELS = {
     "aten::empty_strided", "aten::result_type", "aten::to", "aten::_to_copy", "aten::clone", "aten::contiguous",
     "aten::matmul", "aten::softmax", "aten::linalg_vecdot", "aten::_reshape_alias", "aten::square",
     "aten::square_", "aten::rsub", "aten::unbind", "aten::split", "aten::chunk", "aten::narrow", "aten::detach_",
-    "aten::new_empty", "aten::scaled_dot_product_attention",
+    "aten::new_empty", "aten::scaled_dot_product_attention", "aten::mT",
 }
 # Host reads of a tensor's value: each blocks on a GPU until its queue drains (on the CPU they are
 # free, so they are caught by name: the profiler for item(), a torch-function mode for the rest).
@@ -98,68 +98,88 @@ def compact_kv(c640_model, mode, weight, rows=2):
     return kv
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "explicit"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("scale", [0.8, 2.5])
-def test_zero_tokens_left_out_still_match_official(c640_model, attn_golden, mode, scale):
+def test_zero_tokens_left_out_still_match_official(c640_model, attn_golden, mode, scale, fused):
     kv = compact_kv(c640_model, mode, scale)
-    out = id_attention_prepared(attn_golden["c640.base"], attn_golden["c640.q"], kv, MODES[mode][1])
+    out = id_attention_prepared(attn_golden["c640.base"], attn_golden["c640.q"], kv, MODES[mode][1], fused=fused)
     assert (out - attn_golden[f"c640.{mode}.s{scale}"]).abs().max().item() <= TOL
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "explicit"])
+@pytest.mark.parametrize("rows", [[1, 0, 1], [1, 1, 0, 0], [0, 0, 0]])
 @pytest.mark.parametrize("mode", MODES)
-def test_rows_are_gathered_per_batch_pattern(c640_model, attn_golden, mode):
-    # Batch [cond, uncond, cond]: rows 1, 0, 1 of the golden pair.
-    kv = select_rows(compact_kv(c640_model, mode, 0.8), rows=torch.tensor([1, 0, 1]))
+def test_rows_are_gathered_per_batch_pattern(c640_model, attn_golden, mode, rows, fused):
+    # Rows of the golden pair (0 uncond, 1 cond); the explicit path multiplies runs of equal rows at once.
+    kv = select_rows(compact_kv(c640_model, mode, 0.8), rows=torch.tensor(rows))
     base, q = attn_golden["c640.base"], attn_golden["c640.q"]
-    out = id_attention_prepared(base[[1, 0, 1]], q[[1, 0, 1]], kv, MODES[mode][1])
-    expected = attn_golden[f"c640.{mode}.s0.8"][[1, 0, 1]]
+    out = id_attention_prepared(base[rows], q[rows], kv, MODES[mode][1], fused=fused)
+    expected = attn_golden[f"c640.{mode}.s0.8"][rows]
     assert (out - expected).abs().max().item() <= TOL
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "explicit"])
 @pytest.mark.parametrize("projection", ["none", "ortho", "ortho_v2"])
 @pytest.mark.parametrize("num_zero", [0, 3])
-def test_implied_zero_tokens_equal_explicit_zero_rows(projection, num_zero):
+def test_implied_zero_tokens_equal_explicit_zero_rows(projection, num_zero, fused):
     gen = torch.Generator().manual_seed(1)
     base, q = torch.randn(2, 48, 128, generator=gen), torch.randn(2, 48, 128, generator=gen) * 4
     k, v = torch.randn(2, 7, 128, generator=gen), torch.randn(2, 7, 128, generator=gen)
     pad = torch.zeros(2, num_zero, 128)
-    explicit = id_attention(base, q, torch.cat([k, pad], 1), torch.cat([v, pad], 1), 2, 1.3, projection)
-    implied = id_attention(base, q, k, v, 2, 1.3, projection, num_zero=num_zero)
+    explicit = id_attention(base, q, torch.cat([k, pad], 1), torch.cat([v, pad], 1), 2, 1.3, projection, fused=fused)
+    implied = id_attention(base, q, k, v, 2, 1.3, projection, num_zero=num_zero, fused=fused)
     torch.testing.assert_close(implied, explicit, atol=2e-6, rtol=1e-5)
 
 
-def test_large_logits_stay_finite():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "explicit"])
+def test_large_logits_stay_finite(fused):
     # ortho_v2's mass uses the unscaled logits: hundreds here, so exp() must see them minus the max.
     gen = torch.Generator().manual_seed(2)
     q = torch.randn(1, 16, 128, generator=gen) * 30
     k = torch.randn(1, 6, 128, generator=gen) * 30
-    out = id_attention(torch.randn(1, 16, 128, generator=gen), q, k, k, 2, 0.8, "ortho_v2", num_zero=4)
+    out = id_attention(torch.randn(1, 16, 128, generator=gen), q, k, k, 2, 0.8, "ortho_v2", num_zero=4, fused=fused)
     assert torch.isfinite(out).all()
 
 
-# Kernels per call of the ID branch (ComfyUI's own attention not included). fidelity = ortho_v2:
-# the fused ID attention; ortho_v2's mass (a second fused attention with the unscaled logits)
-# and its sum over the heads; the energy and <H, I> as product + sum each (one fp32 scratch);
-# c = <H, I> / energy; the factor; the result, in place. style = ortho: the attention, energy
-# and dot, the factor (one addcdiv), the result. neutral = none: the attention and one add.
+# Kernels per call of the ID branch (ComfyUI's own attention not included), fused path (GPUs):
+# fidelity = ortho_v2: the fused ID attention; ortho_v2's mass (a second fused attention with the
+# unscaled logits) and its sum over the heads; the energy and <H, I> as product + sum each (one
+# fp32 scratch); c = <H, I> / energy; the factor; the result, in place. style = ortho: the
+# attention, energy and dot, the factor (one addcdiv), the result. neutral = none: the attention
+# and one add.
 KERNEL_BUDGET = {"ortho_v2": 10, "ortho": 7, "none": 2}
+# The explicit path (CPU fp32), per run of rows sharing their keys: the logits and the result,
+# one matmul each. Then fidelity: the bias, the unscaled softmax, the mass (one matmul), the
+# rescale, the softmax, and the same projection as above (7); style: the bias + scale, the
+# softmax, the projection (6); neutral: the bias + scale, the softmax, the add.
+EXPLICIT_BUDGET = {"ortho_v2": 12, "ortho": 8, "none": 3}
 # The fused attention kernels (CPU; CUDA runs flash or memory-efficient ones).
 FUSED_ATTENTION = "_scaled_dot_product_"
 ATTENTIONS = {"ortho_v2": 2, "ortho": 1, "none": 1}
 # fp16/bf16 on the CPU: H and I converted to fp32 once, the mass summed from fp16, the result
-# rounded back (CPU kernels copy mixed-dtype operands; CUDA ones convert them as they load).
+# rounded back (CPU kernels copy mixed-dtype operands; CUDA ones convert them as they load them).
 CPU_CASTS = {"ortho_v2": 4, "ortho": 3, "none": 0}
+
+
+def budget(projection: str, fused: bool, runs: int = 2) -> int:
+    return KERNEL_BUDGET[projection] if fused else EXPLICIT_BUDGET[projection] + 2 * runs
+
+
+def layer_inputs(dtype=torch.float32, num_zero=8, rows=(1, 0), tokens=256, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    base, q = (torch.randn(len(rows), tokens, 640, generator=gen).to(dtype) for _ in range(2))
+    k, v = torch.randn(2, 10, 640, generator=gen), torch.randn(2, 10, 640, generator=gen)
+    kv = select_rows(prepare_id_kv(k, v, HEADS, 0.8, num_zero=num_zero, dtype=dtype), rows=list(rows))
+    return base, q, kv
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("projection, num_zero", [("ortho_v2", 8), ("ortho_v2", 20), ("ortho", 16), ("none", 0)])
 def test_kernels_and_syncs_per_call(projection, num_zero, dtype):
-    gen = torch.Generator().manual_seed(0)
-    base, q = (torch.randn(2, 256, 640, generator=gen).to(dtype) for _ in range(2))
-    k, v = torch.randn(2, 10, 640, generator=gen), torch.randn(2, 10, 640, generator=gen)
-    kv = select_rows(prepare_id_kv(k, v, HEADS, 0.8, num_zero=num_zero, dtype=dtype), rows=torch.tensor([1, 0]))
-    id_attention_prepared(base, q, kv, projection)  # warm-up
-    kernels, syncs, names = count_ops(lambda: id_attention_prepared(base, q, kv, projection))
+    base, q, kv = layer_inputs(dtype, num_zero)
+    id_attention_prepared(base, q, kv, projection, fused=True)  # warm-up
+    kernels, syncs, names = count_ops(lambda: id_attention_prepared(base, q, kv, projection, fused=True))
     assert syncs == 0, names
     casts = 0 if dtype == torch.float32 else CPU_CASTS[projection]
     assert kernels <= KERNEL_BUDGET[projection] + casts, names
@@ -170,15 +190,76 @@ def test_kernels_and_syncs_per_call(projection, num_zero, dtype):
     assert not {"aten::bmm", "aten::baddbmm", "aten::_softmax", "aten::_safe_softmax"} & set(names), names
 
 
-def test_masked_call_adds_one_kernel():
+@pytest.mark.parametrize("rows", [(1, 0), (1, 1, 0, 0), (0, 1, 0)])
+@pytest.mark.parametrize("projection, num_zero", [("ortho_v2", 8), ("ortho_v2", 20), ("ortho", 16), ("none", 0)])
+def test_explicit_kernels_and_syncs_per_call(projection, num_zero, rows):
+    base, q, kv = layer_inputs(num_zero=num_zero, rows=rows)
+    workspace = {}
+    call = lambda: id_attention_prepared(base.clone(), q, kv, projection, fused=False, workspace=workspace,  # noqa: E731
+                                         inplace=True)
+    call()
+    held = {key: t.data_ptr() for key, t in workspace.items()}
+    kernels, syncs, names = count_ops(lambda: id_attention_prepared(base, q, kv, projection, fused=False,
+                                                                    workspace=workspace, inplace=True))
+    runs = 2 if len(rows) == 4 else len(rows)  # (1, 1, 0, 0): two runs of two rows
+    assert syncs == 0, names
+    assert kernels <= budget(projection, False, runs), names
+    # One matmul per run for the logits and one for the result (+ the mass); no copies, no fused attention.
+    assert names.count("aten::bmm") == 2 * runs + (projection == "ortho_v2"), names
+    assert "aten::copy_" not in names and not any(FUSED_ATTENTION in n for n in names), names
+    # The second call reused every buffer.
+    assert {key: t.data_ptr() for key, t in workspace.items()} == held
+
+
+def test_default_path_follows_device_and_dtype():
+    for dtype, fused in ((torch.float32, False), (torch.float16, True), (torch.bfloat16, True)):
+        base, q, kv = layer_inputs(dtype)
+        names = count_ops(lambda: id_attention_prepared(base, q, kv, "ortho_v2"))[2]
+        assert any(FUSED_ATTENTION in n for n in names) == fused, (dtype, names)
+
+
+@pytest.mark.parametrize("projection", ["ortho_v2", "ortho", "none"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_in_place_result_and_workspace(projection, masked):
+    base, q, kv = layer_inputs(num_zero=8 if projection != "none" else 0, tokens=64)
+    mask = torch.rand(2, 64, 1, generator=torch.Generator().manual_seed(3)) if masked else None
+    want = id_attention_prepared(base, q, kv, projection, mask)
+    assert not torch.equal(want, base)
+    workspace = {}
+    for fused in (False, True):
+        into = base.clone()
+        out = id_attention_prepared(into, q, kv, projection, mask, fused=fused, workspace=workspace, inplace=True)
+        assert out.data_ptr() == into.data_ptr()  # written into base: no new tensor of the layer's size
+        torch.testing.assert_close(out, want, atol=2e-6, rtol=1e-5)
+    # Without inplace the result is a new tensor each call, never a workspace buffer that the
+    # next call would overwrite.
+    first = id_attention_prepared(base, q, kv, projection, mask, fused=False, workspace=workspace)
+    kept = first.clone()
+    second = id_attention_prepared(base * 0.5, q, kv, projection, mask, fused=False, workspace=workspace)
+    assert torch.equal(first, kept) and not torch.equal(second, first)
+    assert all(t.data_ptr() != first.data_ptr() for t in workspace.values())
+
+
+def test_fp16_cpu_is_never_written_in_place():
+    # CPU fp16/bf16 results are computed in fp32 copies: base keeps its value, the result is new.
+    base, q, kv = layer_inputs(torch.float16, tokens=64)
+    kept = base.clone()
+    out = id_attention_prepared(base, q, kv, "ortho_v2", inplace=True)
+    assert torch.equal(base, kept) and out.data_ptr() != base.data_ptr()
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "explicit"])
+def test_masked_call_adds_one_kernel(fused):
     gen = torch.Generator().manual_seed(0)
     base, q = torch.randn(2, 64, 640, generator=gen), torch.randn(2, 64, 640, generator=gen)
     k = torch.randn(2, 10, 640, generator=gen)
     kv = prepare_id_kv(k, k, HEADS, 0.8, num_zero=8)
     mask = torch.rand(2, 64, 1, generator=gen)
-    id_attention_prepared(base, q, kv, "ortho_v2", mask=mask)
-    kernels, syncs, names = count_ops(lambda: id_attention_prepared(base, q, kv, "ortho_v2", mask=mask))
-    assert (kernels, syncs) == (KERNEL_BUDGET["ortho_v2"] + 1, 0), names
+    id_attention_prepared(base, q, kv, "ortho_v2", mask=mask, fused=fused)
+    unmasked = count_ops(lambda: id_attention_prepared(base, q, kv, "ortho_v2", fused=fused))
+    kernels, syncs, names = count_ops(lambda: id_attention_prepared(base, q, kv, "ortho_v2", mask=mask, fused=fused))
+    assert (kernels, syncs) == (unmasked[0] + 1, 0), names
+    assert unmasked[0] <= budget("ortho_v2", fused), unmasked[2]
 
 
 @pytest.mark.parametrize("read", [
