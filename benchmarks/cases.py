@@ -11,6 +11,7 @@ per-repetition sums (repetition r of each shape).
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -131,6 +132,17 @@ def counts(env, subject: Subject) -> dict:
     for name, patch in candidates.items():
         got = harness.kernels_and_syncs(lambda p=patch: p(q, k, v, dict(eo)))
         out[name] = dict(got, kernels_added=got["kernels"] - base["kernels"], syncs_added=got["syncs"] - base["syncs"])
+    # The same patched call on the fused path, which GPUs (and fp16/bf16) run: this CPU fp32 run
+    # takes the explicit path by default.
+    from unittest import mock
+
+    from comfyui_pulid.nodes import attn_patch
+
+    fused = functools.partial(attn_patch.id_attention_prepared, fused=True)
+    with mock.patch.object(attn_patch, "id_attention_prepared", fused):
+        got = harness.kernels_and_syncs(lambda: candidates["ours"](q, k, v, dict(eo)))
+    out["ours_fused"] = dict(got, kernels_added=got["kernels"] - base["kernels"],
+                             syncs_added=got["syncs"] - base["syncs"])
     return out
 
 

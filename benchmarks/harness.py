@@ -78,7 +78,7 @@ def differences(times: dict, minuend: str, subtrahend: str) -> list:
 
 # Ops that only make a new view or read metadata: no kernel on any device.
 VIEW_OPS = {
-    "aten::view", "aten::reshape", "aten::_reshape_alias", "aten::transpose", "aten::t", "aten::permute",
+    "aten::view", "aten::reshape", "aten::_reshape_alias", "aten::transpose", "aten::t", "aten::mT", "aten::permute",
     "aten::expand", "aten::expand_as", "aten::as_strided", "aten::slice", "aten::select", "aten::unsqueeze",
     "aten::squeeze", "aten::detach", "aten::alias", "aten::split", "aten::chunk", "aten::unbind", "aten::narrow",
     "aten::unflatten", "aten::flatten", "aten::view_as", "aten::lift_fresh", "aten::empty", "aten::empty_strided",
