@@ -13,10 +13,10 @@ import comfy_harness
 pytestmark = pytest.mark.comfy
 
 
-def run_benchmark(out_dir, anchor_dir=None):
-    env = dict(os.environ)
+def run_benchmark(out_dir, anchor_dir=None, extra=()):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env.pop("PULID_ANCHOR_DIR", None)
-    args = [sys.executable, "-m", "benchmarks", "--tiny", "--out-dir", str(out_dir)]
+    args = [sys.executable, "-m", "benchmarks", "--tiny", "--out-dir", str(out_dir), *extra]
     if anchor_dir is not None:
         args += ["--anchor-dir", str(anchor_dir)]
     run = subprocess.run(args, cwd=comfy_harness.REPO, capture_output=True, text=True, timeout=900, env=env)
@@ -33,6 +33,10 @@ def test_benchmark_package_runs_with_the_anchor_when_present(tmp_path):
     stdout, data = run_benchmark(tmp_path)
     fidelity = data["modes"]["v1 fidelity"]
     assert fidelity["counts"]["ours"]["kernels"] > 0
+    # The CPU fp32 call and the fused path GPUs run are both counted, neither reads back.
+    assert fidelity["counts"]["ours_fused"]["kernels_added"] <= 10
+    assert fidelity["counts"]["ours"]["syncs_added"] == fidelity["counts"]["ours_fused"]["syncs_added"] == 0
+    assert "CPU memory: glibc malloc defaults" in stdout
     step = fidelity["resolutions"]["64"]["step_ours"]
     assert step["n"] == 3 and step["q1_s"] <= step["median_s"] <= step["q3_s"]
     assert data["steps"]["64"]["median_s"] > 0  # the unpatched whole step, the share's denominator
@@ -42,6 +46,12 @@ def test_benchmark_package_runs_with_the_anchor_when_present(tmp_path):
         assert "anchor" in fidelity["counts"]
     else:
         assert "**Anchor absent**" in stdout
+
+
+def test_steady_heap_reruns_with_the_allocator_settings(tmp_path):
+    stdout, data = run_benchmark(tmp_path / "out", anchor_dir=tmp_path / "no_anchor_here", extra=("--steady-heap",))
+    assert "CPU memory: steady heap: MALLOC_MMAP_THRESHOLD_=33554432, MALLOC_TRIM_THRESHOLD_=" in stdout
+    assert data["machine"]["malloc_env"]["MALLOC_MMAP_THRESHOLD_"] == "33554432"
 
 
 def test_benchmark_says_when_the_anchor_is_absent(tmp_path):
