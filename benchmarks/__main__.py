@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     parser.add_argument("--encode", action="store_true",
                         help="one face encode per stage on ComfyUI's device, full-size models (~2 min on a CPU)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="--flux / --encode only: where to run (cuda: the model's dtype, and VRAM after use)")
+                        help="where to run (cuda: SDXL layers in fp16, FLUX blocks in the model's dtype, and VRAM)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
                         help="--encode only: EVA-CLIP's precision (default fp32 on the CPU, fp16 on cuda)")
     parser.add_argument("--anchor-dir", default=None,
@@ -81,8 +81,6 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    if args.device == "cuda" and not (args.flux or args.encode):
-        parser.error("--device cuda applies to --flux and --encode only")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device here")
     if args.flux and args.encode:
@@ -105,6 +103,7 @@ def main(argv=None) -> int:
         return run_encode(args, command)
 
     plan = plan_for(args)
+    plan.device = args.device
     threads = args.threads or (1 if plan.profile in ("quick", "tiny") else 0)
     if threads:
         torch.set_num_threads(threads)
@@ -112,13 +111,13 @@ def main(argv=None) -> int:
         plan.reps = args.reps
     started = time.perf_counter()
     results = cases.run(plan, models.anchor_dir(args.anchor_dir))
-    results["machine"] = report.machine(results["env"].comfy_root)
+    results["machine"] = report.machine(results["env"].comfy_root, plan.device)
     results["machine"]["wall_s"] = round(time.perf_counter() - started)
     text = report.markdown(results, command, note=args.note)
     print(text)
     out_dir = args.out_dir or (None if args.tiny else models.REPO / "benchmarks" / "results")
     if out_dir is not None:
-        write(out_dir, sdxl=(text, report.as_json(results)))
+        write(out_dir, sdxl=(text, report.as_json(results)), stem="cpu" if plan.device == "cpu" else "gpu")
     return 0
 
 

@@ -38,6 +38,11 @@ class Plan:
     tiny: bool = False
     profile: str = "quick"
     notes: list = field(default_factory=list)
+    device: str = "cpu"  # cuda: fp16 (the dtype SDXL samples in on GPUs), ComfyUI on the GPU
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32 if self.device == "cpu" else torch.float16
 
 
 def unpatched_attention(q, k, v, heads):
@@ -46,13 +51,13 @@ def unpatched_attention(q, k, v, heads):
     return optimized_attention(q, k, v, heads)
 
 
-def layer_inputs(width: int, heads: int, tokens: int, hw: tuple, key, batch: int = 2, seed: int = 0):
+def layer_inputs(width: int, heads: int, tokens: int, hw: tuple, key, batch: int = 2, seed: int = 0,
+                 device="cpu", dtype=torch.float32):
     """q [B, N, C] and the text k/v [B, 77, C] (after to_q/to_k/to_v), and the extra_options ComfyUI
     passes to an attn2 patch at cfg > 1 (uncond and cond rows in one batch)."""
     gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(batch, tokens, width, generator=gen)
-    k = torch.randn(batch, models.TEXT_TOKENS, width, generator=gen)
-    v = torch.randn(batch, models.TEXT_TOKENS, width, generator=gen)
+    q, k, v = (torch.randn(batch, n, width, generator=gen).to(device=device, dtype=dtype)
+               for n in (tokens, models.TEXT_TOKENS, models.TEXT_TOKENS))
     eo = {"n_heads": heads, "dim_head": width // heads, "cond_or_uncond": [1, 0], "sigmas": torch.tensor([SIGMA]),
           "original_shape": [batch, 4, hw[0], hw[1]], "activations_shape": [batch, width, *hw],
           "block": key[:2], "block_index": key[2], "attn_precision": None}
@@ -82,7 +87,7 @@ class Subject:
             widths = adapter.model.layer_widths
             for index in sorted(widths):
                 self.anchor.setdefault(widths[index], models.anchor_patch(
-                    env.anchor, state, index, embeds, method, WEIGHT, torch.float32))
+                    env.anchor, state, index, embeds, method, WEIGHT, env.dtype, env.device))
 
 
 def id_branch(env, subject: Subject, resolution: int, plan: Plan) -> dict:
@@ -90,7 +95,7 @@ def id_branch(env, subject: Subject, resolution: int, plan: Plan) -> dict:
     groups = shape_groups(env.layers, resolution)
     rows, step_ours, step_anchor = [], None, None
     for (width, heads, tokens, grid), keys in groups.items():
-        q, k, v, eo = layer_inputs(width, heads, tokens, grid, keys[0])
+        q, k, v, eo = layer_inputs(width, heads, tokens, grid, keys[0], device=env.device, dtype=env.dtype)
         ours = subject.ours[keys[0]]
         fns = {"unpatched": lambda: unpatched_attention(q, k, v, heads),
                "ours": lambda: ours(q, k, v, dict(eo))}
@@ -123,7 +128,7 @@ def _accumulate(total, diffs, count):
 def counts(env, subject: Subject) -> dict:
     """Kernels and syncs added per patched call (patched call minus the unpatched attention)."""
     (width, heads, tokens, grid), keys = next(iter(shape_groups(env.layers, 512).items()))
-    q, k, v, eo = layer_inputs(width, heads, tokens, grid, keys[0])
+    q, k, v, eo = layer_inputs(width, heads, tokens, grid, keys[0], device=env.device, dtype=env.dtype)
     base = harness.kernels_and_syncs(lambda: unpatched_attention(q, k, v, heads))
     out = {"unpatched": base}
     candidates = {"ours": subject.ours[keys[0]]}
@@ -151,10 +156,9 @@ def whole_step(env, resolution: int, plan: Plan) -> harness.Stat:
     unet, cfg = env.unet_with_weights()
     latent = resolution // 8
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 4, latent, latent, generator=gen)
-    context = torch.randn(2, models.TEXT_TOKENS, cfg["context_dim"], generator=gen)
-    y = torch.randn(2, cfg["adm_in_channels"], generator=gen)
-    t = torch.full((2,), 500.0)
+    x, context, y = (torch.randn(*shape, generator=gen).to(env.device, env.dtype) for shape in (
+        (2, 4, latent, latent), (2, models.TEXT_TOKENS, cfg["context_dim"]), (2, cfg["adm_in_channels"])))
+    t = torch.full((2,), 500.0, device=env.device)
     times = harness.interleaved({"step": lambda: unet(x, timesteps=t, context=context, y=y)}, plan.whole_reps,
                                 warmup=1, sync=env.sync)
     return harness.Stat.of(times["step"])
@@ -164,8 +168,9 @@ class Env:
     """What every case shares: ComfyUI, the UNet shell and its layers, adapters, the anchor."""
 
     def __init__(self, plan: Plan, anchor_path):
-        self.device = torch.device("cpu")
-        self.comfy_root = models.setup_comfy("cpu")
+        self.device = torch.device(plan.device)
+        self.dtype = plan.dtype
+        self.comfy_root = models.setup_comfy(plan.device)
         self.sync = harness.synchronizer(self.device)
         self.shell, self.cfg = models.sdxl_shell(plan.tiny)
         self.layers = models.attn_layers(self.shell, self.cfg)
@@ -177,7 +182,8 @@ class Env:
 
     def unet_with_weights(self):
         if self._unet is None:
-            self._unet = models.sdxl_unet_with_weights(self.tiny)
+            unet, cfg = models.sdxl_unet_with_weights(self.tiny)
+            self._unet = unet.to(self.device, self.dtype), cfg
         return self._unet
 
 
@@ -196,6 +202,8 @@ def run(plan: Plan, anchor_path) -> dict:
         for resolution in plan.resolutions:
             results["steps"][resolution] = whole_step(env, resolution, plan)
             log.info("unpatched step %d²: %.2f s", resolution, results["steps"][resolution].median)
+    if env.device.type == "cuda":
+        results["vram"] = {"peak_bytes": torch.cuda.max_memory_allocated(), "after_bytes": torch.cuda.memory_allocated()}
     return results
 
 

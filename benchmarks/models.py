@@ -220,17 +220,18 @@ def load_anchor(path: Path):
     return module, None
 
 
-def anchor_patch(anchor, state: dict, module_index: int, embeds, method: str, weight: float, dtype):
+def anchor_patch(anchor, state: dict, module_index: int, embeds, method: str, weight: float, dtype,
+                 device="cpu"):
     """The anchor's own attn2 patch object for one layer (its ``Attn2Replace`` around its
     ``pulid_attention``), with the settings and zero tokens its Apply node would give it."""
     projection, num_zero = ANCHOR_METHODS[method]
     prefix = f"id_adapter_attn_layers.{module_index}."
     # Its To_KV takes the IPAdapter-format keys of the layers it serves.
     to_kv = anchor.To_KV({f"{module_index}.to_k_ip.weight": state[prefix + "id_to_k.weight"].to(dtype),
-                          f"{module_index}.to_v_ip.weight": state[prefix + "id_to_v.weight"].to(dtype)})
-    cond, uncond = embeds.cond.to(dtype), embeds.uncond.to(dtype)
+                          f"{module_index}.to_v_ip.weight": state[prefix + "id_to_v.weight"].to(dtype)}).to(device)
+    cond, uncond = embeds.cond.to(device, dtype), embeds.uncond.to(device, dtype)
     if num_zero:
-        zeros = torch.zeros(1, num_zero, cond.shape[-1], dtype=dtype)
+        zeros = torch.zeros(1, num_zero, cond.shape[-1], dtype=dtype, device=device)
         cond, uncond = torch.cat([cond, zeros], 1), torch.cat([uncond, zeros], 1)
     return anchor.Attn2Replace(anchor.pulid_attention, pulid=SimpleNamespace(ip_layers=to_kv), weight=weight,
                                cond=cond, uncond=uncond, sigma_start=float("inf"), sigma_end=0.0,
