@@ -173,9 +173,9 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
     half the arithmetic of two fused attentions (torch's CPU flash kernel is slow for 16 keys).
     ``None`` (default): the explicit path for fp32 on the CPU, the fused one elsewhere
     (GPUs, and fp16/bf16 CPU runs).
-    ``workspace``: a dict the caller keeps between calls; the explicit path's intermediate
-    tensors then live in buffers reused across calls (one per shape: fresh CPU memory costs a
-    page fault per 4 KiB, about as much time as the arithmetic here).
+    ``workspace``: a dict the caller keeps between calls; intermediate tensors (the projection's
+    fp32 scratch, the explicit path's logits) then live in buffers reused across calls, one per
+    shape (fresh CPU memory costs a page fault per 4 KiB, about as much time as the arithmetic).
     ``inplace``: write the result into ``base`` (which must be the caller's own new tensor, such
     as ComfyUI's attention output) instead of a new tensor.
     The projection runs in fp32 as the authors do; the result is rounded once, into base's dtype.
