@@ -86,7 +86,7 @@ def _device_words(results: dict) -> str:
 def _vram_words(vram) -> str:
     if not vram:
         return "VRAM: not measured."
-    return (f"VRAM: peak {vram['peak_bytes'] / 2**20:.0f} MiB during the run, {vram['after_bytes'] / 2**20:.0f} MiB "
+    return (f"VRAM: peak {_mib(vram['peak_bytes'])} during the run, {_mib(vram['after_bytes'])} "
             "still allocated at its end (the adapter, the patches' cached keys/values and the run's inputs).")
 
 
