@@ -37,7 +37,6 @@ import torch
 
 from . import cases, models, report
 
-
 # glibc malloc: blocks up to 32 MiB (an SDXL attention tensor at 1024², fp32, is 21 MiB) come from the
 # heap, and the heap is never trimmed (mallopt(3): M_MMAP_THRESHOLD, M_TRIM_THRESHOLD).
 STEADY_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}

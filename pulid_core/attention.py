@@ -58,10 +58,20 @@ class PreparedIDKV(NamedTuple):
     one: torch.Tensor
     scale: float
     heads: int
-    # The explicit path's first T'' columns (T'' a multiple of 4, <= T'):
-    rest_cols: torch.Tensor  # [1, heads*T'']: 1 on the columns v_rest marks
-    mask_rest: torch.Tensor  # [1, T'', 1]: mask * (1 - scale), rescales unscaled logits in place
-    runs: tuple | None = None  # ((start, stop), ...): rows sharing their keys; None: each row alone
+    # The explicit path (CPU fp32) multiplies only the first ``short`` columns (see prepare_id_kv).
+    short: int
+    # ortho_v2's mass from the ID softmax P = softmax(scale * L + bias): P ** power (power = 1/scale)
+    # is proportional to exp(L) per head, the unscaled softmax the mass needs, once the zero
+    # column is weighted by num_zero ** (1 - power). ``mass_weights`` [heads, 2, short]: row 0 those
+    # weights on the columns after the first ORTHO_V2_TOKENS, row 1 on every real column. ``power``
+    # is 0 where 1/scale is not a power of two up to 16, or where a head's sum of the powers could
+    # underflow: the mass then comes from a second softmax of the unscaled logits, weighted by
+    # ``rest_cols`` [1, heads*short] (1 on the columns after the first ORTHO_V2_TOKENS), and the
+    # logits are rescaled in place by ``mask_rest`` [1, short, 1] = mask * (1 - scale).
+    power: int
+    mass_weights: torch.Tensor
+    rest_cols: torch.Tensor
+    mask_rest: torch.Tensor
 
     @property
     def rows(self) -> int:
@@ -130,29 +140,40 @@ def prepare_id_kv(id_k: torch.Tensor, id_v: torch.Tensor, heads: int, weight, *,
     # sees fewer padding rows): 11 -> 12 columns in fidelity, 33 -> 36 in v1.1.
     short = tokens + (1 if num_zero else 0)
     short += -short % 4
+    power = _mass_power(d, short, num_zero)
+    real = torch.zeros(short, dtype=torch.float32, device=device)
+    real[:tokens] = 1.0
+    if num_zero:
+        real[tokens] = float(num_zero) ** (1 - power) if power else 1.0
+    mass_weights = torch.stack([v_rest[0, 0, :short, 0].float() * real, real]).expand(heads, 2, short).contiguous()
     rest_cols = v_rest[:, :, :short, 0].reshape(1, heads * short).contiguous()
+    # -inf stays -inf (also where 1 - scale is 0, d = 1: -inf * 0 would be NaN).
+    mask_rest = torch.where(mask[:, :short].isinf(), mask[:, :short], mask[:, :short] * (1.0 - scale))
     return PreparedIDKV(k, v, v_rest.expand(k.shape[0], -1, -1, -1).contiguous(), mask, zero, tiny, one,
-                        scale, heads, rest_cols, (mask[:, :short] * (1.0 - scale)).view(1, short, 1))
+                        scale, heads, short, power, mass_weights, rest_cols, mask_rest.view(1, short, 1))
+
+
+def _mass_power(d: int, short: int, num_zero: int) -> int:
+    """1/scale = sqrt(d) where it is a power of two from 2 to 16 (P ** power by squarings) and a
+    head's weighted sum of the powers cannot underflow in fp32 (its largest column has P >= 1/short,
+    weighted by 1 or by num_zero ** (1 - power)); else 0."""
+    power = round(math.sqrt(d))
+    if power * power != d or power < 2 or power & (power - 1) or power > 16:
+        return 0
+    zero_weight = float(num_zero) ** (1 - power) if num_zero else 1.0
+    return power if short ** -power * min(1.0, zero_weight) >= 1e-30 else 0
 
 
 def select_rows(kv: PreparedIDKV, rows=None, batch: int | None = None) -> PreparedIDKV:
     """The keys/values of rows ``rows`` (row indices: a sequence or a LongTensor), or of one row
-    broadcast to ``batch`` rows; contiguous, ready for a batch. Runs of consecutive rows that
-    share their keys are noted, so that the explicit path multiplies each run at once."""
+    broadcast to ``batch`` rows; contiguous, ready for a batch."""
     k, v, v_rest = kv.k, kv.v, kv.v_rest
     if rows is not None:
-        rows = [int(r) for r in (rows.tolist() if isinstance(rows, torch.Tensor) else rows)]
-        index = torch.tensor(rows, device=k.device)
+        index = torch.as_tensor([int(r) for r in rows], device=k.device)
         k, v, v_rest = k[index], v[index], v_rest[index]
     elif batch is not None:
-        if k.shape[0] == 1:
-            rows = [0] * batch
         k, v, v_rest = (t.expand(batch, -1, -1, -1) for t in (k, v, v_rest))
-    runs = None
-    if rows:
-        starts = [i for i in range(len(rows)) if i == 0 or rows[i] != rows[i - 1]]
-        runs = tuple(zip(starts, starts[1:] + [len(rows)]))
-    return kv._replace(k=k.contiguous(), v=v.contiguous(), v_rest=v_rest.contiguous(), runs=runs)
+    return kv._replace(k=k.contiguous(), v=v.contiguous(), v_rest=v_rest.contiguous())
 
 
 _TINY = torch.finfo(torch.float32).tiny
@@ -167,10 +188,11 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
     ``fused=True``: torch's scaled_dot_product_attention for the ID attention (and a second one
     for ortho_v2's mass), which reads the heads straight out of q's [B, N, heads*d] layout and
     writes its result token-major like H: few kernels, the logits never stored.
-    ``fused=False``: the logits as one matmul per run of rows sharing their keys, kept in one
-    buffer that serves both softmaxes (the ID attention's and ortho_v2's mass of the unscaled
-    logits), then one matmul per run writes the result token-major: more, smaller ops and about
-    half the arithmetic of two fused attentions (torch's CPU flash kernel is slow for 16 keys).
+    ``fused=False`` (fp32 only): row by row, the logits as one matmul, one softmax serving the ID
+    attention and ortho_v2's mass, one matmul writing the result token-major, then the projection
+    in blocks of tokens small enough to stay in the CPU's cache: more, smaller ops, about half the
+    arithmetic of two fused attentions (torch's CPU flash kernel is slow for 16 keys), and each
+    pass over the activations reads what the one before it left in the cache.
     ``None`` (default): the explicit path for fp32 on the CPU, the fused one elsewhere
     (GPUs, and fp16/bf16 CPU runs).
     ``workspace``: a dict the caller keeps between calls; intermediate tensors (the projection's
@@ -185,23 +207,27 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
         raise PuLIDError(f"Unknown PuLID projection {projection!r}; use one of {', '.join(PROJECTIONS)}.")
     if kv.rows != batch:
         raise PuLIDError(f"ID keys for {kv.rows} rows cannot serve a batch of {batch}.")
+    fp32 = base.dtype == q.dtype == kv.k.dtype == torch.float32
     if fused is None:
-        fused = q.device.type != "cpu" or q.dtype != torch.float32 or base.dtype != torch.float32
+        fused = q.device.type != "cpu" or not fp32
+    elif not fused and not fp32:
+        raise PuLIDError("The explicit ID attention path is fp32 only; use fused=True or None for fp16/bf16.")
     # (CPU fp16/bf16 results are computed in fp32 copies and rounded into a new tensor.)
     in_place = inplace and (base.is_cuda or base.dtype == q.dtype == torch.float32)
-    if fused:
-        ident, rest = _attend_fused(q, kv, projection == "ortho_v2")
-    else:
-        # I itself lives in the workspace only when the result goes into base.
-        ident, rest = _attend_explicit(q, kv, projection == "ortho_v2", workspace, reuse_ident=in_place)
-    # In place: the last op writes the result into base (with a mask: the full result into I's
-    # buffer, then the blend into base).
-    dest = None if not in_place else base if mask is None else ident
+    if not fused:
+        # With a mask the full result needs its own tensor (blended into base afterwards).
+        full = base if in_place and mask is None else torch.empty_like(base, memory_format=torch.contiguous_format)
+        _explicit(base, q, kv, projection, full, workspace)
+        return _masked(base, full, mask, into_base=in_place)
 
+    ident, rest = _attend_fused(q, kv, projection == "ortho_v2")
+    # In place: the last op writes the result into base (with a mask: the full result into I,
+    # then the blend into base).
+    dest = base if in_place and mask is None else ident
     if projection == "none":
         # Added in the UNet dtype, as the authors do.
         if ident.dtype == base.dtype:
-            full = torch.add(ident, base, out=dest if dest is not None else ident)
+            full = torch.add(ident, base, out=dest)
         else:
             full = base + ident.to(base.dtype)
         return _masked(base, full, mask, into_base=in_place)
@@ -212,7 +238,7 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
     if base.dtype == torch.float32 or base.is_cuda:
         h, i = base, ident
     else:
-        h, i = base.float(), ident.float()
+        h, i, dest = base.float(), ident.float(), None
     # Per channel over the tokens: the energy of H, with a tiny added per token so that a
     # channel where H is 0 at every token (e.g. a zeroed negative prompt) divides 0 by a
     # positive number (the authors' 0/0 = NaN becomes 0: the ID term is added unprojected;
@@ -260,40 +286,106 @@ def _attend_fused(q: torch.Tensor, kv: PreparedIDKV, mass: bool):
     return ident, rest[..., 0].sum(dim=1, dtype=torch.float32).unsqueeze(-1)
 
 
-def _attend_explicit(q: torch.Tensor, kv: PreparedIDKV, mass: bool, workspace: dict | None = None,
-                     reuse_ident: bool = False):
-    """The same as :func:`_attend_fused` with the logits kept, per run of rows that share their
-    keys: [runs, heads, T', R*N] (the softmax runs over T' with the tokens contiguous, which
-    torch's CPU kernel vectorises; one block per run keeps each matmul operand's stride short),
-    one matmul per run each way (q's heads read in place, as a strided operand)."""
+# The explicit path works through each batch row in segments of at most about _SEGMENT_ELEMENTS
+# (q, H and I of a segment, 4 MiB each in fp32, stay in the CPU's last-level cache from the pass
+# that reads them to the next), and the projection's sums in blocks of about _BLOCK_ELEMENTS (a
+# product of 512 KiB stays in a core's L2 cache between its two uses).
+_SEGMENT_ELEMENTS = 3 << 19
+_BLOCK_ELEMENTS = 1 << 17
+
+
+def _explicit(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV, projection: str, full: torch.Tensor,
+              workspace: dict | None) -> None:
+    """The fp32 path of :func:`id_attention_prepared`: the full result into ``full`` (base itself,
+    or a new tensor), one batch row at a time, in segments of tokens, so that each pass over q, H
+    and I finds them where the one before it left them: in the cache."""
     batch, n, inner = q.shape
-    heads, width = kv.heads, kv.mask_rest.shape[1]  # the short width (see prepare_id_kv)
-    d = inner // heads
+    heads, width = kv.heads, kv.short
     q = q if q.is_contiguous() else q.contiguous()
-    runs = kv.runs
-    if runs is None or len({stop - start for start, stop in runs}) > 1:
-        runs = tuple((r, r + 1) for r in range(batch))  # blocks of one size: one softmax for all
-    cols = (runs[0][1] - runs[0][0]) * n
-    logits = _buffer(workspace, "logits", (len(runs), heads, width, cols), q.dtype, q.device)
+    mass = projection == "ortho_v2"
     bias = kv.mask[:, :width].view(1, width, 1)  # 0 for the ID tokens, log(num_zero), -inf for padding
-    for block, (start, stop) in zip(logits, runs):
-        qt = q[start:stop].view(cols, heads, d).permute(1, 2, 0)  # [h, d, R*N]
-        torch.bmm(kv.k[start, :, :width], qt, out=block)  # the unscaled logits
-    rest = None
-    if mass:
-        # ortho_v2's mass from the unscaled logits, then the scaled ones in place:
+    block = max(1, min(n, _BLOCK_ELEMENTS // inner))
+    spans = [(s, min(n, s + block)) for s in range(0, n, block)]
+    count = -(-n * inner // _SEGMENT_ELEMENTS)
+    per_segment = -(-len(spans) // count)  # whole blocks, the segments as even as they come
+    segments = [(spans[i][0], spans[min(i + per_segment, len(spans)) - 1][1]) for i in range(0, len(spans), per_segment)]
+    if projection != "none":
+        scratch = _buffer(workspace, "scratch", (block, inner), torch.float32, q.device)
+        sums = _buffer(workspace, "sums", (2, len(spans), inner), torch.float32, q.device)
+    rest = _buffer(workspace, "rest", (n, 1), torch.float32, q.device) if mass else None
+    # I: in the result's own row (a new tensor), or, when the result goes into base, a buffer.
+    own = None if full is not base else _buffer(workspace, "ident", (n, inner), q.dtype, q.device)
+    # The last row first: ComfyUI's attention wrote its H (and read its q) last.
+    for r in reversed(range(batch)):
+        h, out = base[r], full[r]
+        ident = out if own is None else own
+        j = 0
+        for a, b in segments:
+            _attend_segment(q[r, a:b], kv, r, bias, mass, ident[a:b], rest[a:b] if mass else None, workspace)
+            if projection == "none":
+                torch.add(ident[a:b], h[a:b], out=out[a:b])
+                continue
+            # Per channel over the tokens, block by block: the energy of H (plus a tiny per token,
+            # see the fused path) and <H, s I>.
+            while j < len(spans) and spans[j][1] <= b:
+                s, e = spans[j]
+                hb, sb = h[s:e], scratch[: e - s]
+                torch.sum(torch.addcmul(kv.tiny, hb, hb, out=sb), 0, out=sums[0, j])
+                torch.sum(torch.mul(hb, ident[s:e], out=sb), 0, out=sums[1, j])
+                j += 1
+        if projection == "none":
+            continue
+        energy, dot = sums.sum(1).unbind()
+        if projection == "ortho":
+            torch.addcmul(ident, h, torch.addcdiv(kv.one[0], dot, energy, value=-1.0), out=out)
+            continue
+        c = dot.div_(energy)
+        for s, e in spans:
+            factor = torch.addcmul(kv.one[0], rest[s:e], c, value=-1.0 / heads, out=scratch[: e - s])
+            torch.addcmul(ident[s:e], h[s:e], factor, out=out[s:e])
+
+
+def _attend_segment(q: torch.Tensor, kv: PreparedIDKV, row: int, bias: torch.Tensor, mass: bool,
+                    ident: torch.Tensor, rest: torch.Tensor | None, workspace: dict | None) -> None:
+    """I of q [M, C] (one row's segment) onto the ID tokens of batch row ``row``, into ``ident``
+    [M, C] (token-major), and ortho_v2's rest mass into ``rest`` [M, 1]: the logits as one matmul
+    into [heads, T'', M] (the softmax then runs over T'' with the tokens contiguous, which torch's
+    CPU kernel vectorises), one matmul back (q's heads read, I's written, in place as strided
+    operands)."""
+    m, inner = q.shape
+    heads, width = kv.heads, kv.short
+    d = inner // heads
+    logits = _buffer(workspace, "logits", (heads, width, m), q.dtype, q.device)
+    probs = _buffer(workspace, "probs", (heads, width, m), q.dtype, q.device)
+    torch.bmm(kv.k[row, :, :width], q.view(m, heads, d).permute(1, 2, 0), out=logits)  # unscaled
+    if mass and not kv.power:
+        # The mass from a softmax of the unscaled logits, then the scaled ones in place:
         # scale * (L + bias) + (1 - scale) * bias = scale * L + bias (-inf stays -inf).
-        probs = torch.softmax(logits.add_(bias), dim=2)
-        rest = torch.matmul(kv.rest_cols, probs.view(len(runs), heads * width, cols)).view(batch, n, 1)
+        torch.softmax(logits.add_(bias), 1, out=probs)
+        torch.mm(kv.rest_cols, probs.view(heads * width, m), out=rest.view(1, m))
         torch.add(kv.mask_rest, logits, alpha=kv.scale, out=logits)
     else:
         torch.add(bias, logits, alpha=kv.scale, out=logits)
-    probs = torch.softmax(logits, dim=2)
-    ident = _buffer(workspace if reuse_ident else None, "ident", q.shape, q.dtype, q.device)
-    for block, (start, stop) in zip(probs, runs):
-        torch.bmm(block.transpose(1, 2), kv.v[start, :, :width],
-                  out=ident[start:stop].view(cols, heads, d).transpose(0, 1))
-    return ident, rest
+    torch.softmax(logits, 1, out=probs)
+    if mass and kv.power:
+        _mass_from_powers(probs, kv, logits, rest, workspace)
+    torch.bmm(probs.transpose(1, 2), kv.v[row, :, :width], out=ident.view(m, heads, d).transpose(0, 1))
+
+
+def _mass_from_powers(probs: torch.Tensor, kv: PreparedIDKV, spare: torch.Tensor, rest: torch.Tensor,
+                      workspace: dict | None) -> None:
+    """ortho_v2's rest mass [N, 1] (summed over the heads) from the ID softmax P [heads, T'', N]:
+    P ** power = exp(scale * L + bias) ** power / Z ** power is exp(L) per head and token up to a
+    factor, with the zero column's weight num_zero ** power, corrected to num_zero by
+    ``kv.mass_weights``; one matmul gives each head's weighted sum on the rest and on all columns.
+    Written into ``rest``; ``spare`` (the logits' buffer, no longer needed) holds the powers."""
+    heads, _, n = probs.shape
+    torch.mul(probs, probs, out=spare)
+    for _ in range(kv.power.bit_length() - 2):
+        spare.mul_(spare)
+    sums = _buffer(workspace, "mass", (heads, 2, n), torch.float32, probs.device)
+    torch.bmm(kv.mass_weights, spare, out=sums)
+    torch.sum(sums[:, 0].div_(sums[:, 1]), 0, out=rest.view(n))
 
 
 def _masked(base: torch.Tensor, full: torch.Tensor, mask: torch.Tensor | None, into_base: bool = False) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.profiler import ProfilerActivity, profile
 
+from pulid_core import attention
 from pulid_core.attention import id_attention, id_attention_prepared, prepare_id_kv, select_rows
 from tests import detfill
 
@@ -142,6 +143,32 @@ def test_large_logits_stay_finite(fused):
     assert torch.isfinite(out).all()
 
 
+# ortho_v2's mass on the explicit path: from the ID softmax's power 1/scale = sqrt(d) where that is a
+# power of two up to 16 (squarings), else from a second softmax of the unscaled logits.
+POWERS = {1: 0, 4: 2, 16: 4, 32: 0, 64: 8, 128: 0, 256: 16}
+
+
+@pytest.mark.parametrize("d", sorted(POWERS))
+@pytest.mark.parametrize("projection, tokens, num_zero", [
+    ("ortho_v2", 7, 8), ("ortho_v2", 7, 0), ("ortho_v2", 32, 20), ("ortho", 7, 16), ("none", 7, 3)])
+@pytest.mark.parametrize("sizes", [None, (16, 48)], ids=["default", "small-blocks"])
+def test_explicit_path_equals_fused_for_every_head_width(d, projection, tokens, num_zero, sizes, monkeypatch):
+    # 100 tokens: with blocks of 16 and segments of 48 tokens, three uneven segments of 7 blocks.
+    if sizes:
+        monkeypatch.setattr(attention, "_BLOCK_ELEMENTS", sizes[0] * 2 * d)
+        monkeypatch.setattr(attention, "_SEGMENT_ELEMENTS", sizes[1] * 2 * d)
+    gen = torch.Generator().manual_seed(d)
+    base, q = torch.randn(3, 100, 2 * d, generator=gen), torch.randn(3, 100, 2 * d, generator=gen) * 2
+    k, v = torch.randn(2, tokens, 2 * d, generator=gen), torch.randn(2, tokens, 2 * d, generator=gen)
+    kv = select_rows(prepare_id_kv(k, v, 2, 0.9, num_zero=num_zero), rows=[1, 0, 1])
+    # d = 256 with 16 or 20 zero tokens: the zero column's weight num_zero ** -15 times P ** 16 could
+    # underflow, so the second softmax.
+    assert kv.power == (0 if d == 256 and num_zero >= 16 else POWERS[d])
+    fused = id_attention_prepared(base, q, kv, projection, fused=True)
+    explicit = id_attention_prepared(base, q, kv, projection, fused=False)
+    torch.testing.assert_close(explicit, fused, atol=2e-5, rtol=2e-5)
+
+
 # Kernels per call of the ID branch (ComfyUI's own attention not included), fused path (GPUs):
 # fidelity = ortho_v2: the fused ID attention; ortho_v2's mass (a second fused attention with the
 # unscaled logits) and its sum over the heads; the energy and <H, I> as product + sum each (one
@@ -149,11 +176,15 @@ def test_large_logits_stay_finite(fused):
 # attention, energy and dot, the factor (one addcdiv), the result. neutral = none: the attention
 # and one add.
 KERNEL_BUDGET = {"ortho_v2": 10, "ortho": 7, "none": 2}
-# The explicit path (CPU fp32), per run of rows sharing their keys: the logits and the result,
-# one matmul each. Then fidelity: the bias, the unscaled softmax, the mass (one matmul), the
-# rescale, the softmax, and the same projection as above (7); style: the bias + scale, the
-# softmax, the projection (6); neutral: the bias + scale, the softmax, the add.
-EXPLICIT_BUDGET = {"ortho_v2": 12, "ortho": 8, "none": 3}
+# The explicit path (CPU fp32), per batch row. Per segment of tokens: the logits and I (one matmul
+# each), bias + scale and the softmax; fidelity adds ortho_v2's mass from the softmax's 8th power
+# (d = 64: three squarings, one matmul for each head's weighted sums, their ratio, its sum over
+# the heads); neutral adds I to H. Per block of tokens: the energy and <H, I> (product + sum each),
+# and in fidelity the factor and the result. Per row: the sums over the blocks, then c (fidelity)
+# or the factor and the result (style).
+EXPLICIT_PER_SEGMENT = {"ortho_v2": 10, "ortho": 4, "none": 5}
+EXPLICIT_PER_BLOCK = {"ortho_v2": 6, "ortho": 4, "none": 0}
+EXPLICIT_PER_ROW = {"ortho_v2": 2, "ortho": 3, "none": 0}
 # The fused attention kernels (CPU; CUDA runs flash or memory-efficient ones).
 FUSED_ATTENTION = "_scaled_dot_product_"
 ATTENTIONS = {"ortho_v2": 2, "ortho": 1, "none": 1}
@@ -162,8 +193,11 @@ ATTENTIONS = {"ortho_v2": 2, "ortho": 1, "none": 1}
 CPU_CASTS = {"ortho_v2": 4, "ortho": 3, "none": 0}
 
 
-def budget(projection: str, fused: bool, runs: int = 2) -> int:
-    return KERNEL_BUDGET[projection] if fused else EXPLICIT_BUDGET[projection] + 2 * runs
+def budget(projection: str, fused: bool, rows: int = 2, segments: int = 1, blocks: int = 1) -> int:
+    if fused:
+        return KERNEL_BUDGET[projection]
+    return rows * (segments * EXPLICIT_PER_SEGMENT[projection] + blocks * EXPLICIT_PER_BLOCK[projection]
+                   + EXPLICIT_PER_ROW[projection])
 
 
 def layer_inputs(dtype=torch.float32, num_zero=8, rows=(1, 0), tokens=256, seed=0):
@@ -192,7 +226,14 @@ def test_kernels_and_syncs_per_call(projection, num_zero, dtype):
 
 @pytest.mark.parametrize("rows", [(1, 0), (1, 1, 0, 0), (0, 1, 0)])
 @pytest.mark.parametrize("projection, num_zero", [("ortho_v2", 8), ("ortho_v2", 20), ("ortho", 16), ("none", 0)])
-def test_explicit_kernels_and_syncs_per_call(projection, num_zero, rows):
+@pytest.mark.parametrize("sizes", [None, (64, 128)], ids=["default", "small-blocks"])
+def test_explicit_kernels_and_syncs_per_call(projection, num_zero, rows, sizes, monkeypatch):
+    # 256 tokens of 640 channels: by default one segment and two blocks (204 + 52 tokens); with
+    # blocks of 64 tokens and segments of 128, two segments of two blocks each.
+    if sizes:
+        monkeypatch.setattr(attention, "_BLOCK_ELEMENTS", sizes[0] * 640)
+        monkeypatch.setattr(attention, "_SEGMENT_ELEMENTS", sizes[1] * 640)
+    segments, blocks = (2, 4) if sizes else (1, 2)
     base, q, kv = layer_inputs(num_zero=num_zero, rows=rows)
     workspace = {}
     call = lambda: id_attention_prepared(base.clone(), q, kv, projection, fused=False, workspace=workspace,  # noqa: E731
@@ -201,11 +242,10 @@ def test_explicit_kernels_and_syncs_per_call(projection, num_zero, rows):
     held = {key: t.data_ptr() for key, t in workspace.items()}
     kernels, syncs, names = count_ops(lambda: id_attention_prepared(base, q, kv, projection, fused=False,
                                                                     workspace=workspace, inplace=True))
-    runs = 2 if len(rows) == 4 else len(rows)  # (1, 1, 0, 0): two runs of two rows
     assert syncs == 0, names
-    assert kernels <= budget(projection, False, runs), names
-    # One matmul per run for the logits and one for the result (+ the mass); no copies, no fused attention.
-    assert names.count("aten::bmm") == 2 * runs + (projection == "ortho_v2"), names
+    assert kernels == budget(projection, False, len(rows), segments, blocks), names
+    # Per row and segment one matmul for the logits, one for I (+ the mass's); no copies, no fused attention.
+    assert names.count("aten::bmm") == len(rows) * segments * (2 + (projection == "ortho_v2")), names
     assert "aten::copy_" not in names and not any(FUSED_ATTENTION in n for n in names), names
     # The second call reused every buffer.
     assert {key: t.data_ptr() for key, t in workspace.items()} == held
