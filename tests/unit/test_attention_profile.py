@@ -200,6 +200,14 @@ def budget(projection: str, fused: bool, rows: int = 2, segments: int = 1, block
                    + EXPLICIT_PER_ROW[projection])
 
 
+@pytest.fixture
+def torch_threads():
+    """Sets torch's intra-op thread count for one test, restoring it afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 def layer_inputs(dtype=torch.float32, num_zero=8, rows=(1, 0), tokens=256, seed=0):
     gen = torch.Generator().manual_seed(seed)
     base, q = (torch.randn(len(rows), tokens, 640, generator=gen).to(dtype) for _ in range(2))
@@ -227,13 +235,16 @@ def test_kernels_and_syncs_per_call(projection, num_zero, dtype):
 @pytest.mark.parametrize("rows", [(1, 0), (1, 1, 0, 0), (0, 1, 0)])
 @pytest.mark.parametrize("projection, num_zero", [("ortho_v2", 8), ("ortho_v2", 20), ("ortho", 16), ("none", 0)])
 @pytest.mark.parametrize("sizes", [None, (64, 128)], ids=["default", "small-blocks"])
-def test_explicit_kernels_and_syncs_per_call(projection, num_zero, rows, sizes, monkeypatch):
-    # 256 tokens of 640 channels: by default one segment and two blocks (204 + 52 tokens); with
-    # blocks of 64 tokens and segments of 128, two segments of two blocks each.
+@pytest.mark.parametrize("threads", [1, 2])
+def test_explicit_kernels_and_syncs_per_call(projection, num_zero, rows, sizes, threads, monkeypatch, torch_threads):
+    # 256 tokens of 640 channels on one thread: by default one segment and two blocks (204 + 52
+    # tokens); with blocks of 64 tokens and segments of 128, two segments of two blocks each. On
+    # several threads, whole rows.
+    torch_threads(threads)
     if sizes:
         monkeypatch.setattr(attention, "_BLOCK_ELEMENTS", sizes[0] * 640)
         monkeypatch.setattr(attention, "_SEGMENT_ELEMENTS", sizes[1] * 640)
-    segments, blocks = (2, 4) if sizes else (1, 2)
+    segments, blocks = (1, 1) if threads > 1 else (2, 4) if sizes else (1, 2)
     base, q, kv = layer_inputs(num_zero=num_zero, rows=rows)
     workspace = {}
     call = lambda: id_attention_prepared(base.clone(), q, kv, projection, fused=False, workspace=workspace,  # noqa: E731
