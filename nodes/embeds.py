@@ -218,9 +218,8 @@ class PuLIDLoadEmbeds(io.ComfyNode):
         if path is None:
             raise PuLIDError(f"{node}: {embeds_file} not found in "
                              f"{', '.join(folder_paths.get_folder_paths(EMBEDS_FOLDER))}.")
-        checked = read_embeds(path, node=node)
-        return io.NodeOutput(IDEmbeds(checked.version, checked.cond, checked.uncond, checked.images, checked.combine,
-                                      {**checked.extra, SOURCE_KEY: embeds_file}))
+        embeds = read_embeds(path, node=node)
+        return io.NodeOutput(dataclasses.replace(embeds, metadata={**embeds.metadata, SOURCE_KEY: embeds_file}))
 
     @classmethod
     def fingerprint_inputs(cls, embeds_file):

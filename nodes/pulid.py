@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import comfy.model_management as mm
 import comfy.utils
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
+from ..pulid_core.embeds import IDEmbeds
 from ..pulid_core.errors import PuLIDError
 from ..pulid_core.identity import encode_identity, method_settings, stored_combine
 from ..pulid_core.layers import MODULE_INDEX_BY_COMFY_KEY
@@ -31,18 +31,6 @@ from .loaders import EvaClipModel, PuLIDAdapter, PuLIDEvaClipLoader, PuLIDInsigh
 from .types import EvaClip, FaceAnalysis, PuLID, check_inputs, display_name
 
 log = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class IDEmbeds:
-    """ID tokens of one identity, ready to apply: cond and uncond [1, T, D] fp32 on the CPU."""
-
-    version: str
-    cond: torch.Tensor
-    uncond: torch.Tensor
-    images: int
-    combine: str
-    metadata: dict = field(default_factory=dict)
-
 
 # -- model checks ------------------------------------------------------------------
 def cross_attn_layers(model, adapter: PuLIDAdapter) -> list[tuple[tuple, int]]:

@@ -38,15 +38,17 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
-class CheckedEmbeds:
-    """Validated embeddings: fp32 cond / uncond [1, T, width] and their parsed metadata."""
+class IDEmbeds:
+    """ID tokens of one identity, ready to apply: fp32 cond / uncond [1, T, width] on the CPU, the
+    PuLID kind that made them, the number of photos, how they were combined, and extras (the
+    file's JSON object, or what the encode recorded)."""
 
     version: str
     cond: torch.Tensor
     uncond: torch.Tensor
     images: int
     combine: str
-    extra: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
 
 
 def expected_tokens(version: str, combine: str, images: int) -> int:
@@ -138,7 +140,7 @@ def check_tokens(cond, uncond, version: str, combine: str, images: int, *, name:
 
 
 def check_embeds(tensors, metadata, *, name: str, node: str, expected_version: str | None = None,
-                 width: int | None = None) -> CheckedEmbeds:
+                 width: int | None = None) -> IDEmbeds:
     """Validate an embeddings state dict (``{"cond", "uncond"}`` + string metadata) as read from a file."""
     if not isinstance(tensors, dict):
         raise PuLIDError(f"{node}: {name} holds no tensors.")
@@ -157,10 +159,10 @@ def check_embeds(tensors, metadata, *, name: str, node: str, expected_version: s
     version, images, combine, extra = parse_metadata(metadata, name=name, node=node)
     cond, uncond = check_tokens(tensors["cond"], tensors["uncond"], version, combine, images, name=name, node=node,
                                 expected_version=expected_version, width=width)
-    return CheckedEmbeds(version, cond, uncond, images, combine, extra)
+    return IDEmbeds(version, cond, uncond, images, combine, extra)
 
 
-def read_embeds(path, *, node: str, expected_version: str | None = None, width: int | None = None) -> CheckedEmbeds:
+def read_embeds(path, *, node: str, expected_version: str | None = None, width: int | None = None) -> IDEmbeds:
     """Read and validate an embeddings file; every problem is a PuLIDError naming the node and the file."""
     name = os.path.basename(os.fspath(path))
     try:

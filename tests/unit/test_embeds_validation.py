@@ -50,7 +50,7 @@ def test_good_files_load_as_fp32(tmp_path, version, t, images, combine):
     got = E.read_embeds(path, node=NODE)
     assert (got.version, got.images, got.combine) == (version, images, combine)
     assert got.cond.dtype == got.uncond.dtype == torch.float32 and got.cond.shape == (1, t, 2048)
-    assert got.extra == {"adapter": "x.safetensors"}
+    assert got.metadata == {"adapter": "x.safetensors"}
     torch.testing.assert_close(got.cond, tokens(t, dtype=torch.float16).float())
 
 
@@ -180,4 +180,4 @@ def test_write_never_replaces_a_file(tmp_path):
     with pytest.raises(FileExistsError):
         E.write_embeds(path, tokens(seed=2), tokens(seed=3), m)
     assert path.read_bytes() == first
-    assert E.read_embeds(path, node=NODE).extra == json.loads(m["extra"]) == {"adapter": "x.safetensors"}
+    assert E.read_embeds(path, node=NODE).metadata == json.loads(m["extra"]) == {"adapter": "x.safetensors"}
