@@ -147,7 +147,8 @@ registry: tuple[ModelFile, ...] = (
     _hf(
         "pulid-v1-official", "pulid", "guozinan/PuLID/pulid_v1.bin",
         "PuLID v1, the authors' fp32 release (same weights as pulid-v1)", ("pulid-v1",),
-        approx_size="1.58 GB", choice="PuLID v1",
+        size=1_582_858_505, sha256="245d05d8f11cd030d52562282332f912a2d5001b111873a40214163f33ab3f5d",
+        choice="PuLID v1",
     ),
     _hf(
         "pulid-v1.1", "pulid", "guozinan/PuLID/pulid_v1.1.safetensors",
@@ -163,12 +164,14 @@ registry: tuple[ModelFile, ...] = (
     _hf(
         "pulid-flux-v0.9.1", "pulid", "guozinan/PuLID/pulid_flux_v0.9.1.safetensors",
         "PuLID-FLUX v0.9.1 (recommended: the authors' newer release)", ("pulid-flux",),
-        approx_size="1.14 GB", choice="PuLID-FLUX",
+        size=1_142_099_520, sha256="92c41c3af322b02e58e1b32842e4601e08c8f16ec1fe80089dbe957df510f51d",
+        choice="PuLID-FLUX",
     ),
     _hf(
         "pulid-flux-v0.9.0", "pulid", "guozinan/PuLID/pulid_flux_v0.9.0.safetensors",
         "PuLID-FLUX v0.9.0 (the first release, same layout)", ("pulid-flux",),
-        approx_size="1.14 GB", choice="PuLID-FLUX",
+        size=1_142_099_520, sha256="14e3c257ae88643412db0f6d239f55132cd5487107ed33944c54339284cbe1e6",
+        choice="PuLID-FLUX",
     ),
     _hf(
         "eva-clip", "eva_clip", "QuanSun/EVA-CLIP/EVA02_CLIP_L_336_psz14_s6B.pt",
@@ -180,7 +183,8 @@ registry: tuple[ModelFile, ...] = (
         "eva-clip-open-clip", "eva_clip",
         "timm/eva02_large_patch14_clip_336.merged2b_s6b_b61k/open_clip_model.safetensors",
         "PuLID: the same EVA-CLIP weights in open_clip/timm format (either EVA file works)", _FACE,
-        size=856_239_456, also_accepted=("open_clip_pytorch_model.bin",), choice="EVA-CLIP",
+        size=856_239_456, sha256="f753bca0e8327f77e8845b0af2510d599c3e4614237007b48078c791f2cf391c",
+        also_accepted=("open_clip_pytorch_model.bin",), choice="EVA-CLIP",
     ),
     _pack(
         "antelopev2", "scrfd_10g_bnkps.onnx", "PuLID: face detection (SCRFD)", 16_923_827,
@@ -227,12 +231,12 @@ registry: tuple[ModelFile, ...] = (
     _hf(
         "photomaker-v1", "photomaker", "TencentARC/PhotoMaker/photomaker-v1.bin",
         "PhotoMaker v1", ("photomaker-v1",),
-        approx_size="934 MB",
+        approx_size="934 MB", sha256="529d503fa378bfb3a74e3384ab2064d7269d59f0638324555d22067c31e275bc",
     ),
     _hf(
         "photomaker-v2", "photomaker", "TencentARC/PhotoMaker-V2/photomaker-v2.bin",
         "PhotoMaker v2", ("photomaker-v2",),
-        approx_size="1.8 GB",
+        approx_size="1.8 GB", sha256="0eeac57d7e09b95cee670a18e0d939ff303dd6f76d317c950bf584c6c9bdb8f5",
     ),
 )
 

@@ -241,7 +241,7 @@ def test_hf_file_lands_in_the_models_folder(server, tmp_path):
     ids=["html", "truncated", "zip"],
 )
 def test_unpinned_hf_file_is_checked_by_structure_before_it_replaces_anything(server, tmp_path, served, problem):
-    entry = M.get("pulid-flux-v0.9.1")
+    entry = M.get("pulid-v1.1-ipadapter")
     assert entry.sha256 is None  # no published checksum: only the structure can tell
     server.files[hub_path(entry)] = served
     old = tmp_path / "models" / "pulid" / entry.filename

@@ -113,13 +113,19 @@ PUBLISHED_URL = {
     "photomaker-v1": f"{_HF}/TencentARC/PhotoMaker/resolve/main/photomaker-v1.bin",
     "photomaker-v2": f"{_HF}/TencentARC/PhotoMaker-V2/resolve/main/photomaker-v2.bin",
 }
-# Byte sizes and sha256 prefixes from the Hugging Face file pages (LFS "SHA256") and the
-# GitHub release listings; None where the publisher's figure was not at hand.
+# Byte sizes and sha256 prefixes from the Hugging Face file pages and commits (LFS pointers:
+# "oid sha256", "size") and the GitHub release listings; None where the publisher's figure was
+# not at hand.
 PUBLISHED_SIZE_SHA = {
     "pulid-v1": (791_372_856, "b258a5cd"),
+    "pulid-v1-official": (1_582_858_505, "245d05d8"),
+    "pulid-flux-v0.9.1": (1_142_099_520, "92c41c3a"),
+    "pulid-flux-v0.9.0": (1_142_099_520, "14e3c257"),
+    "photomaker-v1": (None, "529d503f"),
+    "photomaker-v2": (None, "0eeac57d"),
     "pulid-v1.1": (984_405_232, "4cb8ceec"),
     "eva-clip": (856_461_210, "84c3a17a"),
-    "eva-clip-open-clip": (856_239_456, None),
+    "eva-clip-open-clip": (856_239_456, "f753bca0"),
     "antelopev2/scrfd_10g_bnkps.onnx": (16_923_827, "5838f7fe"),
     "antelopev2/glintr100.onnx": (260_665_334, "4ab1d643"),
     "antelopev2/1k3d68.onnx": (143_607_619, "df5c06b8"),
@@ -137,20 +143,20 @@ PUBLISHED_SIZE_SHA = {
 
 def test_registry_matches_the_published_facts():
     assert {e.name: e.url for e in M.registry} == PUBLISHED_URL
-    pinned = {e.name: (e.size, e.sha256 and e.sha256[:8]) for e in M.registry if e.size is not None}
+    pinned = {e.name: (e.size, e.sha256 and e.sha256[:8]) for e in M.registry if e.size is not None or e.sha256}
     assert pinned == PUBLISHED_SIZE_SHA
     for e in M.registry:
         assert e.sha256 is None or (len(e.sha256) == 64 and e.sha256 == e.sha256.lower())
         assert e.size is not None or e.approx_size, f"{e.name}: give a size or an approximate one"
 
 
-def safetensors_size(layout, bytes_per_value):
+def safetensors_size(layout, bytes_per_value, dtype="F16"):
     """Bytes of a safetensors file holding ``layout`` ({key: shape}) in one dtype, as the
     safetensors library writes it: a compact JSON header sorted by key, padded to 8 bytes."""
     header, offset = {}, 0
     for key in sorted(layout):
         n = math.prod(layout[key]) * bytes_per_value
-        header[key] = {"dtype": "F16", "shape": layout[key], "data_offsets": [offset, offset + n]}
+        header[key] = {"dtype": dtype, "shape": layout[key], "data_offsets": [offset, offset + n]}
         offset += n
     text = json.dumps(header, separators=(",", ":")).encode()
     return 8 + len(text) + (-len(text)) % 8 + offset
@@ -166,6 +172,9 @@ def test_safetensors_sizes_follow_from_the_published_layouts():
     assert M.get("pulid-v1").size == safetensors_size(layout, 2)
     layout = {k: v for name, v in layouts.items() if name.startswith("pulid_v1.1.safetensors") for k, v in v.items()}
     assert M.get("pulid-v1.1").size == safetensors_size(layout, 2)
+    # PuLID-FLUX: both releases hold the same 312 bf16 tensors.
+    (layout,) = json.loads((ROOT / "tests" / "data" / "golden" / "pulid_flux_layout.json").read_text()).values()
+    assert M.get("pulid-flux-v0.9.1").size == M.get("pulid-flux-v0.9.0").size == safetensors_size(layout, 2, "BF16")
 
 
 def test_registry_structure():
@@ -217,8 +226,9 @@ def test_readme_table_links_to_the_files():
             rows[cells[0].strip("`")] = (re.search(r"\]\((.*?)\)", cells[1]).group(1), cells[2], cells[4])
     assert "/blob/" not in block
     assert {name: url for name, (url, _, _) in rows.items()} == PUBLISHED_URL
-    assert rows["pulid-flux-v0.9.1"][1:] == ("`models/pulid/`", "~1.14 GB")
-    assert rows["pulid-flux-v0.9.0"][1:] == ("`models/pulid/`", "~1.14 GB")
+    assert rows["pulid-flux-v0.9.1"][1:] == ("`models/pulid/`", "1.14 GB")
+    assert rows["pulid-flux-v0.9.0"][1:] == ("`models/pulid/`", "1.14 GB")
+    assert rows["photomaker-v2"][1:] == ("`models/photomaker/`", "~1.8 GB")
     assert rows["antelopev2/glintr100.onnx"][1] == "`models/insightface/models/antelopev2/`"
     assert rows["pulid-v1"][2] == "791.4 MB"
     assert "`flux`" in block and "--allow-http" in block and "check --comfyui PATH [--for USE]" in block
