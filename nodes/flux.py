@@ -11,7 +11,7 @@ from ..pulid_core import flux as core_flux
 from ..pulid_core.errors import PuLIDError
 from ..pulid_core.options import ON_NO_FACE, SELECTIONS
 from .embeds import checked_embeds
-from .flux_patch import FluxIDContext, install, installed_contexts
+from .flux_patch import FluxIDContext, applications, install
 from .loaders import PuLIDAdapter
 from .pulid import IDEmbeds, check_adapter, check_schedule, encode_faces, face_apply_inputs, selection_of
 from .types import PuLID, PuLIDEmbeds, check_inputs
@@ -86,10 +86,10 @@ def apply_flux_embeds(model, adapter: PuLIDAdapter, embeds: IDEmbeds, *, node: s
                             sigma_start=sampling.percent_to_sigma(start_at),
                             sigma_end=sampling.percent_to_sigma(end_at), mask=mask, node=node)
 
-    def replaces(earlier: FluxIDContext) -> bool:
-        return mask is None or earlier.mask is None
+    def replaces(earlier_masked: bool) -> bool:
+        return mask is None or not earlier_masked
 
-    replaced = sum(replaces(c) for c in installed_contexts(model))
+    replaced = sum(replaces(masked) for _, masked in applications(model))
     if replaced:
         log.info("%s: replaces %d earlier PuLID-FLUX identity(ies) on this model (chain masked ones for several "
                  "people)", node, replaced)

@@ -9,7 +9,11 @@ another pack's patch) and then adds the identity through ``pulid_core.flux``.
 
 One ``FluxIDContext`` per Apply holds the adapter and the settings. Patches and
 contexts never change after creation and ``__deepcopy__`` returns self, so
-clones share them and re-running a graph cannot stack an identity twice.
+clones share them and re-running a graph cannot stack an identity twice. An
+application that replaces an earlier one leaves it out of the new chains; one it
+cannot reach (held inside another pack's patch) is named in the new model's
+transformer_options (``SUPERSEDED``), and its patches then pass their occupant's
+output through unchanged on that model only.
 
 A keyed DIFFUSION_MODEL wrapper (``grid_wrapper``) hands the patches what the
 block arguments lack: the latent's token grid (masks are resized to it exactly;
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import uuid
 
 import torch
 
@@ -35,6 +40,10 @@ log = logging.getLogger(__name__)
 WRAPPER_KEY = "comfyui-pulid.flux"
 GRID = "pulid_flux_grid"  # (rows, cols) of the latent's patch tokens, set by grid_wrapper
 STREAMS = "pulid_flux_streams"  # per-forward {"txt": text tokens} recorded by the double-block patches
+# transformer_options of a patched model: (token, masked) of every PuLID-FLUX application on it,
+# bottom first, and the tokens of those a later application replaced.
+APPLIED = "pulid_flux_applied"
+SUPERSEDED = "pulid_flux_superseded"
 
 
 def grid_wrapper(executor, *args, **kwargs):
@@ -68,6 +77,8 @@ class FluxIDContext:
         self.weight = float(weight)
         self.gate = SigmaGate(sigma_start, sigma_end)
         self.mask = mask
+        # Names this application in model options (which ComfyUI deep-copies with every clone).
+        self.token = uuid.uuid4().hex
 
     @property
     def sigma_start(self) -> float:
@@ -78,7 +89,7 @@ class FluxIDContext:
         return self.gate.sigma_end
 
     def active(self, options) -> bool:
-        return self.weight != 0 and self.gate(options)
+        return self.weight != 0 and self.token not in options.get(SUPERSEDED, ()) and self.gate(options)
 
     def add(self, img: torch.Tensor, ca: int, options) -> torch.Tensor:
         """``img`` [B, N, C] (only the image tokens of the latent grid) plus this identity."""
@@ -161,25 +172,29 @@ def _text_tokens(options) -> int:
                        "patch ran); apply PuLID-FLUX with the pack's Apply node.")
 
 
-def installed_contexts(model) -> list[FluxIDContext]:
-    """The PuLID-FLUX applications already on ``model``, bottom first (from double block 0's chain)."""
-    dit = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
-    chain, patch = [], dit.get(("double_block", 0))
-    while isinstance(patch, FluxBlockPatch):
-        chain.append(patch.context)
-        patch = patch.upstream
-    return chain[::-1]
+def applications(model) -> list[tuple[str, bool]]:
+    """(token, masked) of the PuLID-FLUX applications that act on ``model``, bottom first
+    (also those held inside another pack's patch)."""
+    options = model.model_options.get("transformer_options", {})
+    superseded = options.get(SUPERSEDED, ())
+    return [(token, masked) for token, masked in options.get(APPLIED, ()) if token not in superseded]
 
 
 def install(model, context: FluxIDContext, *, replace) -> object:
     """A clone of ``model`` with ``context`` on the 20 PuLID blocks, chained onto their occupants.
 
-    ``replace(earlier_context) -> bool`` says which PuLID-FLUX applications already on the
-    model this one supersedes; they are left out of the new chains (never mutated). One under
-    another pack's patch cannot be seen (that patch holds it): it stays.
+    ``replace(earlier_masked: bool) -> bool`` says which PuLID-FLUX applications already on the
+    model this one supersedes: they are left out of the new chains (never mutated), and named
+    in the clone's ``SUPERSEDED`` so that one held inside another pack's patch, which no chain
+    here can reach, adds nothing on the clone either.
     """
     patched = model.clone()
-    dit = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    applied = applications(patched)
+    options = patched.model_options.setdefault("transformer_options", {})
+    superseded = set(options.get(SUPERSEDED, ())) | {token for token, masked in applied if replace(masked)}
+    options[SUPERSEDED] = frozenset(superseded)
+    options[APPLIED] = (*[(t, m) for t, m in applied if t not in superseded], (context.token, context.mask is not None))
+    dit = options.get("patches_replace", {}).get("dit", {})
     keys = [("double_block", i) for i in range(19)] + [("single_block", i) for i in range(38)]
     for key in keys:
         ca = core_flux.ca_index(key[0].split("_")[0], key[1])
@@ -200,7 +215,7 @@ def _without(patch, replace):
     if not isinstance(patch, FluxBlockPatch):
         return patch  # empty, or another pack's patch (opaque: kept as it is)
     below = _without(patch.upstream, replace)
-    if replace(patch.context):
+    if replace(patch.context.mask is not None):
         return below
     if below is patch.upstream:
         return patch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,24 @@ def test_reapplying_replaces_the_identity_instead_of_stacking(tiny_flux, flux_in
     torch.testing.assert_close(flux_forward(twice, flux_inputs), golden["tiny.id_w0.6"], atol=1e-4, rtol=0)
     # The first application's model still has its own identity.
     torch.testing.assert_close(flux_forward(once, flux_inputs), golden["tiny.id_w1.0"], atol=1e-4, rtol=0)
+
+
+def test_reapplying_replaces_an_identity_held_inside_another_packs_patch(tiny_flux, flux_inputs, golden, adapters,
+                                                                          golden_id, caplog):
+    once = apply_embeds(tiny_flux, adapters["golden"], golden_embeds(golden_id), 1.0)
+    wrapped = once.clone()
+    for (kind, index), patch in dit_patches(once).items():
+        # Another pack's patch that holds whatever occupied the block (no chain to follow).
+        wrapped.set_model_patch_replace(lambda args, extra, inner=patch: inner(args, extra), "dit", kind, index)
+    with caplog.at_level(logging.INFO):
+        twice = apply_embeds(wrapped, adapters["golden"], golden_embeds(golden_id), 0.6)
+    assert "replaces 1 earlier PuLID-FLUX identity" in caplog.text
+    torch.testing.assert_close(flux_forward(twice, flux_inputs), golden["tiny.id_w0.6"], atol=1e-4, rtol=0)
+    # Only on the new model: the wrapped one keeps the first identity, through the other pack's patch.
+    torch.testing.assert_close(flux_forward(wrapped, flux_inputs), golden["tiny.id_w1.0"], atol=1e-4, rtol=0)
+    # A third application replaces the second and keeps the first out.
+    thrice = apply_embeds(twice, adapters["golden"], golden_embeds(golden_id), 1.0)
+    torch.testing.assert_close(flux_forward(thrice, flux_inputs), golden["tiny.id_w1.0"], atol=1e-4, rtol=0)
 
 
 def test_masked_applications_chain_for_two_people(tiny_flux, adapters, golden_id):
