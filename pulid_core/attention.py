@@ -301,7 +301,6 @@ def _explicit(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV, projection:
     and I finds them where the one before it left them: in the cache."""
     batch, n, inner = q.shape
     heads, width = kv.heads, kv.short
-    q = q if q.is_contiguous() else q.contiguous()
     mass = projection == "ortho_v2"
     bias = kv.mask[:, :width].view(1, width, 1)  # 0 for the ID tokens, log(num_zero), -inf for padding
     # On one thread, cache-sized pieces; on several, each op is split between the cores (each cache

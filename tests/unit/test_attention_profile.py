@@ -14,6 +14,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from pulid_core import attention
 from pulid_core.attention import id_attention, id_attention_prepared, prepare_id_kv, select_rows
+from pulid_core.errors import PuLIDError
 from tests import detfill
 
 TOL = 2e-5  # golden README: attention outputs
@@ -289,6 +290,19 @@ def test_in_place_result_and_workspace(projection, masked):
     second = id_attention_prepared(base * 0.5, q, kv, projection, mask, fused=False, workspace=workspace)
     assert torch.equal(first, kept) and not torch.equal(second, first)
     assert all(t.data_ptr() != first.data_ptr() for t in workspace.values())
+
+
+def test_explicit_path_refuses_half_precision_and_takes_strided_inputs():
+    base, q, kv = layer_inputs(torch.float16, tokens=64)
+    with pytest.raises(PuLIDError, match="fp32 only"):
+        id_attention_prepared(base, q, kv, "ortho_v2", fused=False)
+    base, q, kv = layer_inputs(tokens=64)
+    want = id_attention_prepared(base, q, kv, "ortho_v2", fused=True)
+    # q and base as strided views (channels-major storage), base written in place.
+    q_t, into = q.transpose(1, 2).contiguous().transpose(1, 2), base.transpose(1, 2).contiguous().transpose(1, 2)
+    out = id_attention_prepared(into, q_t, kv, "ortho_v2", fused=False, workspace={}, inplace=True)
+    assert out.data_ptr() == into.data_ptr()
+    torch.testing.assert_close(out, want, atol=2e-5, rtol=2e-5)
 
 
 def test_fp16_cpu_is_never_written_in_place():
