@@ -316,15 +316,17 @@ def _explicit(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV, projection:
         scratch = _buffer(workspace, "scratch", (block, inner), torch.float32, q.device)
         sums = _buffer(workspace, "sums", (2, len(spans), inner), torch.float32, q.device)
     rest = _buffer(workspace, "rest", (n, 1), torch.float32, q.device) if mass else None
-    # I: in the result's own row (a new tensor), or, when the result goes into base, a buffer.
-    own = None if full is not base else _buffer(workspace, "ident", (n, inner), q.dtype, q.device)
+    d = inner // heads
+    # I of one row, head-major [heads, n, d]: the matmul writes each head's rows contiguously; the
+    # passes after it read it through a token-major view ([n, heads, d], 256-byte runs).
+    ident_heads = _buffer(workspace, "ident", (heads, n, d), q.dtype, q.device)
+    ident = ident_heads.transpose(0, 1)
     # The last row first: ComfyUI's attention wrote its H (and read its q) last.
     for r in reversed(range(batch)):
-        h, out = base[r], full[r]
-        ident = out if own is None else own
+        h, out = base[r].view(n, heads, d), full[r].view(n, heads, d)
         j = 0
         for a, b in segments:
-            _attend_segment(q[r, a:b], kv, r, bias, mass, ident[a:b], rest[a:b] if mass else None, workspace)
+            _attend_segment(q[r, a:b], kv, r, bias, mass, ident_heads[:, a:b], rest[a:b] if mass else None, workspace)
             if projection == "none":
                 torch.add(ident[a:b], h[a:b], out=out[a:b])
                 continue
@@ -332,26 +334,27 @@ def _explicit(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV, projection:
             # see the fused path) and <H, s I>.
             while j < len(spans) and spans[j][1] <= b:
                 s, e = spans[j]
-                hb, sb = h[s:e], scratch[: e - s]
-                torch.sum(torch.addcmul(kv.tiny, hb, hb, out=sb), 0, out=sums[0, j])
-                torch.sum(torch.mul(hb, ident[s:e], out=sb), 0, out=sums[1, j])
+                hb, sb = h[s:e], scratch[: e - s].view(e - s, heads, d)
+                torch.sum(torch.addcmul(kv.tiny, hb, hb, out=sb), 0, out=sums[0, j].view(heads, d))
+                torch.sum(torch.mul(hb, ident[s:e], out=sb), 0, out=sums[1, j].view(heads, d))
                 j += 1
         if projection == "none":
             continue
         energy, dot = sums.sum(1).unbind()
         if projection == "ortho":
-            torch.addcmul(ident, h, torch.addcdiv(kv.one[0], dot, energy, value=-1.0), out=out)
+            factor = torch.addcdiv(kv.one[0], dot, energy, value=-1.0).view(1, heads, d)
+            torch.addcmul(ident, h, factor, out=out)
             continue
         c = dot.div_(energy)
         for s, e in spans:
             factor = torch.addcmul(kv.one[0], rest[s:e], c, value=-1.0 / heads, out=scratch[: e - s])
-            torch.addcmul(ident[s:e], h[s:e], factor, out=out[s:e])
+            torch.addcmul(ident[s:e], h[s:e], factor.view(e - s, heads, d), out=out[s:e])
 
 
 def _attend_segment(q: torch.Tensor, kv: PreparedIDKV, row: int, bias: torch.Tensor, mass: bool,
                     ident: torch.Tensor, rest: torch.Tensor | None, workspace: dict | None) -> None:
     """I of q [M, C] (one row's segment) onto the ID tokens of batch row ``row``, into ``ident``
-    [M, C] (token-major), and ortho_v2's rest mass into ``rest`` [M, 1]: the logits as one matmul
+    [heads, M, d] (head-major), and ortho_v2's rest mass into ``rest`` [M, 1]: the logits as one matmul
     into [heads, T'', M] (the softmax then runs over T'' with the tokens contiguous, which torch's
     CPU kernel vectorises), one matmul back (q's heads read, I's written, in place as strided
     operands)."""
@@ -372,7 +375,7 @@ def _attend_segment(q: torch.Tensor, kv: PreparedIDKV, row: int, bias: torch.Ten
     torch.softmax(logits, 1, out=probs)
     if mass and kv.power:
         _mass_from_powers(probs, kv, logits, rest, workspace)
-    torch.bmm(probs.transpose(1, 2), kv.v[row, :, :width], out=ident.view(m, heads, d).transpose(0, 1))
+    torch.bmm(probs.transpose(1, 2), kv.v[row, :, :width], out=ident)
 
 
 def _mass_from_powers(probs: torch.Tensor, kv: PreparedIDKV, spare: torch.Tensor, rest: torch.Tensor,
