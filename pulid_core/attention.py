@@ -169,6 +169,7 @@ def select_rows(kv: PreparedIDKV, rows=None, batch: int | None = None) -> Prepar
     broadcast to ``batch`` rows; contiguous, ready for a batch."""
     k, v, v_rest = kv.k, kv.v, kv.v_rest
     if rows is not None:
+        rows = rows.tolist() if isinstance(rows, torch.Tensor) else rows  # one read, not one per row
         index = torch.as_tensor([int(r) for r in rows], device=k.device)
         k, v, v_rest = k[index], v[index], v_rest[index]
     elif batch is not None:
