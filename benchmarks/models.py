@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.machinery
+import importlib.util
 import json
 import logging
 import os
@@ -193,24 +194,54 @@ def anchor_dir(option: str | None) -> Path:
     return Path(option or os.environ.get(ANCHOR_ENV) or DEFAULT_ANCHOR_DIR).resolve()
 
 
-def load_anchor(path: Path):
-    """(its ``pulid`` module, None) or (None, why not). Needs ComfyUI set up first.
+# The anchor's module-level imports that its attention path never calls: its EVA-CLIP tokenizer's
+# ftfy and its face pipeline's insightface and facexlib (not among this pack's requirements, and
+# absent from some GPU images). A missing package is replaced by stand-in modules whose names fail
+# when called; the report says which.
+ANCHOR_UNUSED_IMPORTS = {
+    "ftfy": (),
+    "insightface.app": ("FaceAnalysis",),
+    "facexlib.parsing": ("init_parsing_model",),
+    "facexlib.utils.face_restoration_helper": ("FaceRestoreHelper",),
+}
 
-    Its EVA-CLIP text tokenizer imports ``ftfy`` at module level; that package is not among this
-    pack's requirements and the attention path never calls it, so a missing ``ftfy`` is replaced
-    by an empty module (said in the report)."""
+
+def _unavailable(module: str, name: str):
+    def call(*args, **kwargs):
+        raise ImportError(f"{module} is not installed: the benchmark stands in for {name}, which it never calls")
+
+    return call
+
+
+def _stand_in(dotted: str, names) -> None:
+    parts = dotted.split(".")
+    for depth in range(1, len(parts) + 1):
+        name = ".".join(parts[:depth])
+        if name not in sys.modules:
+            module = types.ModuleType(name)
+            module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=depth < len(parts))
+            if depth < len(parts):
+                module.__path__ = []
+            sys.modules[name] = module
+            if depth > 1:
+                setattr(sys.modules[".".join(parts[:depth - 1])], parts[depth - 1], module)
+    for attr in names:
+        setattr(sys.modules[dotted], attr, _unavailable(parts[0], attr))
+
+
+def load_anchor(path: Path):
+    """(its ``pulid`` module, None) or (None, why not). Needs ComfyUI set up first; missing
+    packages among ``ANCHOR_UNUSED_IMPORTS`` get stand-ins (``module.stubbed_modules``)."""
     if not (path / "pulid.py").is_file():
         return None, f"anchor not found at {path} (set --anchor-dir or {ANCHOR_ENV})"
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))
     stubbed = []
-    try:
-        importlib.import_module("ftfy")
-    except ImportError:
-        stub = types.ModuleType("ftfy")
-        stub.__spec__ = importlib.machinery.ModuleSpec("ftfy", None)
-        sys.modules["ftfy"] = stub
-        stubbed.append("ftfy")
+    for dotted, names in ANCHOR_UNUSED_IMPORTS.items():
+        top = dotted.split(".")[0]
+        if top in stubbed or (top not in sys.modules and importlib.util.find_spec(top) is None):
+            _stand_in(dotted, names)
+            stubbed += [top] if top not in stubbed else []
     try:
         with contextlib.redirect_stdout(sys.stderr):  # its imports print; stdout carries the table
             module = importlib.import_module(f"{path.name}.pulid")

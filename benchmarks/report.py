@@ -121,8 +121,9 @@ def markdown(results: dict, command: str, note: str = "") -> str:
     if env.anchor is None:
         lines += [f"**Anchor absent**: {env.anchor_missing}. Only this pack's numbers are printed.", ""]
     else:
-        stub = f" (its unused `{', '.join(env.anchor.stubbed_modules)}` import stubbed)" \
-            if env.anchor.stubbed_modules else ""
+        stubbed = env.anchor.stubbed_modules
+        stub = (f" (its unused `{'`, `'.join(stubbed)}` import{'s' if len(stubbed) > 1 else ''} stubbed)"
+                if stubbed else "")
         lines += [f"Anchor: its own `Attn2Replace`/`pulid_attention` imported from `{env.anchor_path}`{stub}, "
                   "same process, same q/k/v and extra_options, timed interleaved with this pack's patch.", ""]
     lines += ["Each figure: median [IQR] in ms over repetitions. ID branch = patched attn2 call minus the "

@@ -13,9 +13,11 @@ import comfy_harness
 pytestmark = pytest.mark.comfy
 
 
-def run_benchmark(out_dir, anchor_dir=None, extra=()):
+def run_benchmark(out_dir, anchor_dir=None, extra=(), pythonpath=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env.pop("PULID_ANCHOR_DIR", None)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), *filter(None, [env.get("PYTHONPATH")])])
     args = [sys.executable, "-m", "benchmarks", "--tiny", "--out-dir", str(out_dir), *extra]
     if anchor_dir is not None:
         args += ["--anchor-dir", str(anchor_dir)]
@@ -158,3 +160,31 @@ def test_the_encode_section_of_cpu_md_replaces_only_itself():
     assert report.merge_json({"modes": 1, "flux": 2, "encode": 5}, sdxl={"modes": 3}) == \
         {"modes": 3, "flux": 2, "encode": 5}
     assert report.merge_json({"modes": 1, "flux": 2}, encode=6) == {"modes": 1, "flux": 2, "encode": 6}
+
+
+# Packages an image may lack (a GPU image had none of these): hidden from the import system.
+HIDE_PACKAGES = """
+import importlib.machinery, sys
+HIDDEN = {"insightface", "facexlib", "ftfy"}
+class Hidden(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.split(".")[0] in HIDDEN:
+            return None
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+sys.meta_path[:] = [Hidden if m is importlib.machinery.PathFinder else m for m in sys.meta_path]
+"""
+
+
+def test_anchor_imports_without_its_face_pipeline_packages(tmp_path):
+    from benchmarks import models
+
+    if not (models.DEFAULT_ANCHOR_DIR / "pulid.py").is_file():
+        pytest.skip("the archived anchor is not beside the repository")
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(HIDE_PACKAGES)
+    stdout, data = run_benchmark(tmp_path / "out", pythonpath=hide)
+    assert data["anchor"], stdout
+    assert "(its unused `ftfy`, `insightface`, `facexlib` imports stubbed)" in stdout
+    assert "anchor" in data["modes"]["v1 fidelity"]["counts"]
