@@ -162,18 +162,27 @@ def test_the_encode_section_of_cpu_md_replaces_only_itself():
     assert report.merge_json({"modes": 1, "flux": 2}, encode=6) == {"modes": 1, "flux": 2, "encode": 6}
 
 
-# Packages an image may lack (a GPU image had none of these): hidden from the import system.
+# Packages an image may lack (the GPU image has none of these): hidden from the import system,
+# except where found under a folder named in KIT.
 HIDE_PACKAGES = """
 import importlib.machinery, sys
-HIDDEN = {"insightface", "facexlib", "ftfy"}
+HIDDEN = {hidden!r}
+KIT = {kit!r}
 class Hidden(importlib.machinery.PathFinder):
     @classmethod
     def find_spec(cls, name, path=None, target=None):
-        if name.split(".")[0] in HIDDEN:
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        if spec is not None and name.split(".")[0] in HIDDEN and not (KIT and str(spec.origin).startswith(KIT)):
             return None
-        return importlib.machinery.PathFinder.find_spec(name, path, target)
+        return spec
 sys.meta_path[:] = [Hidden if m is importlib.machinery.PathFinder else m for m in sys.meta_path]
 """
+
+
+def hiding(folder, hidden, kit=""):
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(HIDE_PACKAGES.format(hidden=set(hidden), kit=str(kit)))
+    return folder
 
 
 def test_anchor_imports_without_its_face_pipeline_packages(tmp_path):
@@ -181,10 +190,33 @@ def test_anchor_imports_without_its_face_pipeline_packages(tmp_path):
 
     if not (models.DEFAULT_ANCHOR_DIR / "pulid.py").is_file():
         pytest.skip("the archived anchor is not beside the repository")
-    hide = tmp_path / "hide"
-    hide.mkdir()
-    (hide / "sitecustomize.py").write_text(HIDE_PACKAGES)
+    hide = hiding(tmp_path / "hide", {"insightface", "facexlib", "ftfy"})
     stdout, data = run_benchmark(tmp_path / "out", pythonpath=hide)
     assert data["anchor"], stdout
     assert "(its unused `ftfy`, `insightface`, `facexlib` imports stubbed)" in stdout
     assert "anchor" in data["modes"]["v1 fidelity"]["counts"]
+
+
+def test_device_kit_carries_what_the_gpu_image_lacks(tmp_path):
+    """scripts/device_kit.sh + device_bench.sh (the GPU session's one command), here on the CPU with
+    tiny models, where the packages the GPU image lacks and the kit carries or stands in for are hidden."""
+    from benchmarks import models
+
+    if not (models.DEFAULT_ANCHOR_DIR / "pulid.py").is_file():
+        pytest.skip("the archived anchor is not beside the repository")
+    kit = tmp_path / "kit"
+    env = {**os.environ, "PULID_DEVKIT": str(kit), "PYTHON": sys.executable,
+           "COMFYUI_DIR": str(comfy_harness.comfyui_dir()), "PULID_ANCHOR_DIR": str(models.DEFAULT_ANCHOR_DIR)}
+    built = subprocess.run(["bash", str(comfy_harness.REPO / "scripts" / "device_kit.sh")], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    hide = hiding(tmp_path / "hide", {"av", "facexlib", "insightface", "ftfy"}, kit=kit)
+    env.update(DEVICE="cpu", TINY="1", OUT=str(tmp_path / "out"), PYTHONPATH=str(hide))
+    env.pop("COMFYUI_DIR"), env.pop("PULID_ANCHOR_DIR")  # the kit's own, as on the device
+    ran = subprocess.run(["bash", str(comfy_harness.REPO / "scripts" / "device_bench.sh")], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    report = (tmp_path / "out" / "cpu.md").read_text()
+    for section in ("## v1 fidelity", "## PuLID-FLUX", "## Face encode"):
+        assert section in report
+    assert f"imported from `{kit}/anchor/PuLID_ComfyUI`" in report
