@@ -190,7 +190,7 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
     for ortho_v2's mass), which reads the heads straight out of q's [B, N, heads*d] layout and
     writes its result token-major like H: few kernels, the logits never stored.
     ``fused=False`` (fp32 only): row by row, the logits as one matmul, one softmax serving the ID
-    attention and ortho_v2's mass, one matmul writing the result token-major, then the projection
+    attention and ortho_v2's mass, one matmul writing I head-major, then the projection
     in blocks of tokens small enough to stay in the CPU's cache: more, smaller ops, about half the
     arithmetic of two fused attentions (torch's CPU flash kernel is slow for 16 keys), and each
     pass over the activations reads what the one before it left in the cache.
@@ -239,7 +239,8 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
     if base.dtype == torch.float32 or base.is_cuda:
         h, i = base, ident
     else:
-        h, i, dest = base.float(), ident.float(), None
+        h, i = base.float(), ident.float()
+        dest = i
     # Per channel over the tokens: the energy of H, with a tiny added per token so that a
     # channel where H is 0 at every token (e.g. a zeroed negative prompt) divides 0 by a
     # positive number (the authors' 0/0 = NaN becomes 0: the ID term is added unprojected;
@@ -257,7 +258,7 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
         # is the heads' summed mass on the other tokens, so m - 1 = -rest / heads.
         factor = torch.addcmul(kv.one, rest, dot.div_(energy), value=-1.0 / kv.heads, out=scratch)
     # Into this call's own I (or base, in place); computed in fp32, rounded once.
-    full = torch.addcmul(i, h, factor, out=dest if dest is not None else i)
+    full = torch.addcmul(i, h, factor, out=dest)
     return _masked(base, full if full.dtype == base.dtype else full.to(base.dtype), mask, into_base=in_place)
 
 
@@ -357,8 +358,8 @@ def _attend_segment(q: torch.Tensor, kv: PreparedIDKV, row: int, bias: torch.Ten
     """I of q [M, C] (one row's segment) onto the ID tokens of batch row ``row``, into ``ident``
     [heads, M, d] (head-major), and ortho_v2's rest mass into ``rest`` [M, 1]: the logits as one matmul
     into [heads, T'', M] (the softmax then runs over T'' with the tokens contiguous, which torch's
-    CPU kernel vectorises), one matmul back (q's heads read, I's written, in place as strided
-    operands)."""
+    CPU kernel vectorises), one matmul back (q's heads read in place as a strided operand, each
+    head's rows of I written contiguously)."""
     m, inner = q.shape
     heads, width = kv.heads, kv.short
     d = inner // heads
