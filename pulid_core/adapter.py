@@ -24,10 +24,10 @@ from torch import nn
 
 from . import ops as default_ops
 from .blocks import PerceiverAttention, num_heads
-from .encoders import NUM_VIT_SCALES, IDEncoder, IDFormer, id_encoder_keys, id_former_keys
+from .encoders import NUM_VIT_SCALES, IDEncoder, IDFormer, Shapes, id_encoder_keys, id_former_keys
 from .errors import ModelFileError, PuLIDError
 from .flux import NUM_CA
-from .io import flat_keys, guess_kind, key_diff_message, read_state_dict
+from .io import check_float_weights, flat_keys, guess_kind, key_diff_message, read_state_dict
 from .layers import MODULE_INDICES, NUM_LAYERS
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,8 @@ class PuLIDModel(_IDEncoding):
     def __init__(self, version: str, shapes: Mapping, depth: int = 0, operations=None):
         super().__init__()
         operations = operations or default_ops
-        enc_shapes = {k[len(ENCODER) :]: s for k, s in shapes.items() if k.startswith(ENCODER)}
+        shapes = shapes if isinstance(shapes, Shapes) else Shapes(shapes)
+        enc_shapes = shapes.sub(ENCODER)
         self.version = version
         if version == "v1":
             self.id_adapter = IDEncoder(enc_shapes, operations)
@@ -164,7 +165,7 @@ class PuLIDModel(_IDEncoding):
             self.id_adapter = IDFormer(enc_shapes, depth, operations)
         self.context_dim = self.id_adapter.context_dim
         self.num_tokens = self.id_adapter.num_tokens
-        self.layer_widths = {k: shapes[f"{ATTN}{k}.id_to_k.weight"][0] for k in MODULE_INDICES}
+        self.layer_widths = {k: shapes.dims(f"{ATTN}{k}.id_to_k.weight", 2)[0] for k in MODULE_INDICES}
         self.id_adapter_attn_layers = nn.ModuleDict(
             {str(k): IDKV(self.context_dim, c, operations) for k, c in self.layer_widths.items()}
         )
@@ -251,14 +252,15 @@ class PuLIDFluxModel(_IDEncoding):
     def __init__(self, shapes: Mapping, depth: int, operations=None):
         super().__init__()
         operations = operations or default_ops
-        enc_shapes = {k[len(FLUX_ENCODER) :]: s for k, s in shapes.items() if k.startswith(FLUX_ENCODER)}
+        shapes = shapes if isinstance(shapes, Shapes) else Shapes(shapes)
+        enc_shapes = shapes.sub(FLUX_ENCODER)
         self.pulid_encoder = IDFormer(enc_shapes, depth, operations)
         self.context_dim = self.pulid_encoder.context_dim
         self.num_tokens = self.pulid_encoder.num_tokens
         ca = FLUX_CA + "0."
-        kv_dim = shapes[ca + "norm1.weight"][0]
-        self.ca_dim = shapes[ca + "norm2.weight"][0]
-        inner = shapes[ca + "to_q.weight"][0]
+        kv_dim = shapes.dims(ca + "norm1.weight", 1)[0]
+        self.ca_dim = shapes.dims(ca + "norm2.weight", 1)[0]
+        inner = shapes.dims(ca + "to_q.weight", 2)[0]
         if kv_dim != self.context_dim:
             raise ModelFileError(
                 f"its cross-attention modules take {kv_dim}-wide ID tokens but its encoder makes "
@@ -320,11 +322,15 @@ def load_pulid(source, *, operations=None, dtype: torch.dtype | None = None) -> 
         files = _KNOWN_FILES
         build = lambda shapes: PuLIDModel(version, shapes, depth, operations)  # noqa: E731
     label = "PuLID-FLUX" if version == "flux" else f"PuLID {version}"
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    shapes = Shapes({k: tuple(v.shape) for k, v in state.items()})
     try:
         model = build(shapes)
     except ModelFileError as exc:
-        raise ModelFileError(f"{name} is not a usable {label} file: {exc}.") from exc
+        raise ModelFileError(
+            f"{name} is not a usable {label} file: {exc}. The file is damaged or was converted wrongly: use "
+            f"the original {files}."
+        ) from exc
+    check_float_weights(state, name, model.state_dict())
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     try:

@@ -37,6 +37,31 @@ _ATTN_KEYS = (
 _PERCEIVER_HEAD_DIM = 64
 
 
+class Shapes(dict):
+    """A checkpoint's tensor shapes by key, and the prefix its keys had in the file (for messages).
+
+    The modules read their sizes from these with :meth:`dims`, which checks the number of
+    dimensions first: a damaged or wrongly converted tensor is then named, not an IndexError.
+    """
+
+    def __init__(self, items=(), prefix: str = ""):
+        super().__init__(items)
+        self.prefix = prefix
+
+    def sub(self, prefix: str) -> Shapes:
+        """The shapes under ``prefix``, with it stripped (and remembered)."""
+        return Shapes({k[len(prefix) :]: s for k, s in self.items() if k.startswith(prefix)}, self.prefix + prefix)
+
+    def dims(self, key: str, ndim: int) -> tuple:
+        shape = tuple(self[key])
+        if len(shape) != ndim:
+            raise ModelFileError(
+                f"{self.prefix}{key} has shape {list(shape)}, where a tensor of {ndim} dimension"
+                f"{'s' if ndim != 1 else ''} belongs"
+            )
+        return shape
+
+
 def mlp_keys(prefix: str) -> list[str]:
     keys = [f"{prefix}.{i}.{p}" for i in _MLP_LINEARS for p in ("weight", "bias")]
     return keys + [f"{prefix}.{i}.{p}" for i in _MLP_NORMS for p in ("weight", "bias")]
@@ -58,11 +83,11 @@ def id_former_keys(depth: int) -> list[str]:
     return keys
 
 
-def _mlp(shapes: Mapping, prefix: str, in_dim: int, operations) -> nn.Sequential:
+def _mlp(shapes: Shapes, prefix: str, in_dim: int, operations) -> nn.Sequential:
     """Linear-LN-LeakyReLU-Linear-LN-LeakyReLU-Linear, widths from the three weights."""
-    h1 = shapes[f"{prefix}.0.weight"][0]
-    h2 = shapes[f"{prefix}.3.weight"][0]
-    out = shapes[f"{prefix}.6.weight"][0]
+    h1 = shapes.dims(f"{prefix}.0.weight", 2)[0]
+    h2 = shapes.dims(f"{prefix}.3.weight", 2)[0]
+    out = shapes.dims(f"{prefix}.6.weight", 2)[0]
     return nn.Sequential(
         operations.Linear(in_dim, h1, device="meta"),
         operations.LayerNorm(h1, device="meta"),
@@ -84,10 +109,11 @@ class IDEncoder(nn.Module):
 
     def __init__(self, shapes: Mapping, operations):
         super().__init__()
-        self.width = shapes["body.0.weight"][1]
-        self.vit_dim = shapes["mapping_0.0.weight"][1]
-        self.context_dim = shapes["mapping_0.6.weight"][0]
-        body_out = shapes["body.6.weight"][0]
+        shapes = shapes if isinstance(shapes, Shapes) else Shapes(shapes)
+        self.width = shapes.dims("body.0.weight", 2)[1]
+        self.vit_dim = shapes.dims("mapping_0.0.weight", 2)[1]
+        self.context_dim = shapes.dims("mapping_0.6.weight", 2)[0]
+        body_out = shapes.dims("body.6.weight", 2)[0]
         if body_out % self.context_dim:
             raise ModelFileError(
                 f"the IDEncoder body outputs {body_out} values, not a multiple of its token width "
@@ -119,11 +145,12 @@ class IDFormer(nn.Module):
 
     def __init__(self, shapes: Mapping, depth: int, operations):
         super().__init__()
-        _, self.num_queries, self.dim = shapes["latents"]
-        self.width = shapes["id_embedding_mapping.0.weight"][1]
-        self.vit_dim = shapes["mapping_0.0.weight"][1]
-        self.context_dim = shapes["proj_out"][1]
-        id_out = shapes["id_embedding_mapping.6.weight"][0]
+        shapes = shapes if isinstance(shapes, Shapes) else Shapes(shapes)
+        _, self.num_queries, self.dim = shapes.dims("latents", 3)
+        self.width = shapes.dims("id_embedding_mapping.0.weight", 2)[1]
+        self.vit_dim = shapes.dims("mapping_0.0.weight", 2)[1]
+        self.context_dim = shapes.dims("proj_out", 2)[1]
+        id_out = shapes.dims("id_embedding_mapping.6.weight", 2)[0]
         if id_out % self.dim or depth % NUM_VIT_SCALES:
             raise ModelFileError(
                 f"the IDFormer has {depth} layers and {id_out} ID-mapping outputs; expected a multiple "
@@ -136,8 +163,8 @@ class IDFormer(nn.Module):
         self.id_embedding_mapping = _mlp(shapes, "id_embedding_mapping", self.width, operations)
         for i in range(NUM_VIT_SCALES):
             setattr(self, f"mapping_{i}", _mlp(shapes, f"mapping_{i}", self.vit_dim, operations))
-        inner = shapes["layers.0.0.to_q.weight"][0]
-        ff_inner = shapes["layers.0.1.1.weight"][0]
+        inner = shapes.dims("layers.0.0.to_q.weight", 2)[0]
+        ff_inner = shapes.dims("layers.0.1.1.weight", 2)[0]
         heads = num_heads(inner, _PERCEIVER_HEAD_DIM, "the IDFormer attention")
         self.layers = nn.ModuleList(
             nn.ModuleList(

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import ModelFileError, PuLIDError
-from .io import guess_kind, key_diff_message, read_state_dict, state_dict_mismatch
+from .io import check_float_weights, guess_kind, key_diff_message, read_state_dict, state_dict_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ def load_eva_clip(source, *, dtype: torch.dtype | None = None) -> EvaClip:
             )
     flat = _flatten(raw)
     sd = _trunk_state_dict(flat, name)
+    check_float_weights(sd, name)  # before any cast: every tensor of the tower is a float
     if dtype is not None:
         sd = {k: v.to(dtype) for k, v in sd.items()}
     args = _architecture(sd, name)

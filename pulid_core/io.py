@@ -68,6 +68,9 @@ def _check_file(path, fix: str) -> tuple[str, str, int]:
     if not os.path.isfile(path):
         raise ModelFileError(f"Model file not found: {path}")
     size = os.path.getsize(path)
+    if not os.access(path, os.R_OK):
+        raise ModelFileError(f"{name} cannot be read (permission denied): make the file readable by the user "
+                             "that runs ComfyUI.")
     if size == 0:
         raise ModelFileError(f"{name} is empty (0 bytes): {fix}.")
     return path, name, size
@@ -99,9 +102,10 @@ def _read_pickle(path: str, name: str, size: int):
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            # Legacy (non-zip) pickles cannot be memory-mapped; retry plainly.
-            if "mmap" not in str(exc) and "zip" not in str(exc).lower():
+        except (RuntimeError, OSError) as exc:
+            # Legacy (non-zip) pickles cannot be memory-mapped, nor can files on some filesystems; retry
+            # plainly (a zip cut short fails again there, with an OSError: handled below).
+            if not isinstance(exc, OSError) and "mmap" not in str(exc) and "zip" not in str(exc).lower():
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -124,8 +128,9 @@ def _read_pickle(path: str, name: str, size: int):
             f"{name} ({size:,} bytes) is not a PyTorch checkpoint, or is corrupt ({reason}): delete it and "
             "download it again."
         ) from exc
-    except (EOFError, zipfile.BadZipFile, IndexError, KeyError, struct.error, UnicodeDecodeError) as exc:
-        # What torch's unpickler raises on a pickle that stops or goes wrong midway.
+    except (EOFError, zipfile.BadZipFile, IndexError, KeyError, struct.error, UnicodeDecodeError, OSError) as exc:
+        # What torch's unpickler raises on a pickle that stops or goes wrong midway (its zip reader: an
+        # OSError "Invalid argument" for an archive cut short in its first 64 KiB).
         raise ModelFileError(
             f"{name} ({size:,} bytes) is truncated or corrupt ({_first_line(exc) or type(exc).__name__}): "
             "delete it and download it again."
@@ -306,3 +311,25 @@ def state_dict_mismatch(sd: Mapping, expected: Mapping) -> tuple[str, list[tuple
     shapes = {k: tuple(getattr(v, "shape", v)) for k, v in expected.items()}
     wrong = [(k, tuple(sd[k].shape), s) for k, s in shapes.items() if k in sd and tuple(sd[k].shape) != s]
     return key_diff_message(missing, unexpected), wrong
+
+
+def check_float_weights(sd: Mapping, name: str, expected: Mapping | None = None, *, what: str = "weights") -> None:
+    """Refuse integer or boolean tensors where floating-point weights belong.
+
+    ``expected`` (a module's ``state_dict()``) limits the check to the keys whose expected tensor
+    is floating point (BatchNorm's ``num_batches_tracked`` and CLIP's ``position_ids`` stay
+    integers); without it every tensor of ``sd`` must be floating point. A quantised (int8) or
+    damaged file would otherwise be cast to float and used as weights: a silently wrong image.
+    """
+    for key, value in sd.items():
+        if not isinstance(value, torch.Tensor) or value.is_floating_point():
+            continue
+        if expected is not None:
+            ref = expected.get(key)
+            if not (isinstance(ref, torch.Tensor) and ref.is_floating_point()):
+                continue
+        dtype = str(value.dtype).removeprefix("torch.")
+        raise ModelFileError(
+            f"{name} stores {what} as {dtype} ({key}), not as floating-point numbers: it is a quantised or "
+            "damaged file that this loader cannot use. Use the original fp16/fp32 file from its publisher."
+        )

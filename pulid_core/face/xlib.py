@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelFileError, PuLIDError
-from ..io import guess_kind, read_state_dict, state_dict_mismatch
+from ..io import check_float_weights, guess_kind, read_state_dict, state_dict_mismatch
 from .align import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ def _load_into(module: torch.nn.Module, path: str, what: str) -> torch.nn.Module
     if wrong:
         key, got, want = wrong[0]
         raise ModelFileError(f"{name} has wrong tensor shapes for {what} (e.g. {key}: {got} instead of {want}).")
+    check_float_weights(sd, name, module.state_dict())
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     module.load_state_dict(sd, strict=True, assign=True)
     return module

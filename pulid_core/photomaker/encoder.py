@@ -21,7 +21,7 @@ from torch import nn
 from .. import ops as default_ops
 from ..blocks import PerceiverAttention, feed_forward
 from ..errors import ModelFileError, PuLIDError
-from ..io import guess_kind, key_diff_message, read_state_dict, state_dict_mismatch
+from ..io import check_float_weights, guess_kind, key_diff_message, read_state_dict, state_dict_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -400,6 +400,8 @@ def load_photomaker(source, *, operations=None, expect_version: str | None = Non
             f"{guess_kind(id_sd.keys())}): {key_diff}. "
             "Use the official photomaker-v1.bin or photomaker-v2.bin."
         )
+    check_float_weights(id_sd, name, model.state_dict())
+    check_float_weights(lora, name, what="LoRA weights")
     try:
         model.load_state_dict(id_sd, strict=True, assign=True)
     except RuntimeError as exc:  # shape mismatches
@@ -421,7 +423,13 @@ def _split_container(obj: Mapping, name: str) -> tuple[dict, dict]:
                 f"{name} has unexpected top-level entries {extra[:4]}: a PhotoMaker .bin holds only "
                 "'id_encoder' and 'lora_weights'."
             )
-        return dict(obj["id_encoder"]), dict(obj.get("lora_weights") or {})
+        lora = obj.get("lora_weights")
+        if lora is not None and not isinstance(lora, Mapping):
+            raise ModelFileError(
+                f"{name}: its 'lora_weights' entry is a {type(lora).__name__}, not a dict of LoRA tensors. The "
+                "file is damaged or hand-made: use the official photomaker-v1.bin or photomaker-v2.bin."
+            )
+        return dict(obj["id_encoder"]), dict(lora or {})
     if any(k.startswith("id_encoder.") for k in obj):
         id_sd, lora, other = {}, {}, []
         for key, value in obj.items():
@@ -446,19 +454,26 @@ def _split_container(obj: Mapping, name: str) -> tuple[dict, dict]:
 
 
 def _infer_sizes(sd: Mapping, name: str) -> dict:
-    def shape(key):
+    def shape(key, ndim=2):
         if key not in sd:
             raise ModelFileError(
                 f"{name} is not a complete PhotoMaker id_encoder (it looks like {guess_kind(sd.keys())}): "
                 f"{key_diff_message([key], [])}. Use the official photomaker-v1.bin or photomaker-v2.bin."
             )
-        return tuple(sd[key].shape)
+        found = tuple(getattr(sd[key], "shape", ()))
+        if len(found) != ndim:
+            raise ModelFileError(
+                f"{name}: {key} has shape {list(found)}, where PhotoMaker has a tensor of {ndim} dimension"
+                f"{'s' if ndim != 1 else ''}. The file is damaged or was converted wrongly: use the official "
+                "photomaker-v1.bin or photomaker-v2.bin."
+            )
+        return found
 
     def count(pattern):
         found = {int(m.group(1)) for k in sd if (m := pattern.match(k))}
         return max(found) + 1 if found else 0
 
-    hidden, _, patch, _ = shape("vision_model.embeddings.patch_embedding.weight")
+    hidden, _, patch, _ = shape("vision_model.embeddings.patch_embedding.weight", 4)
     num_positions = shape("vision_model.embeddings.position_embedding.weight")[0]
     if hidden % _CLIP_DIM_HEAD or math.isqrt(num_positions - 1) ** 2 != num_positions - 1:
         raise ModelFileError(
@@ -473,7 +488,7 @@ def _infer_sizes(sd: Mapping, name: str) -> dict:
         "mlp": shape("vision_model.encoder.layers.0.mlp.fc1.weight")[0],
         "proj1": shape("visual_projection.weight")[0],
         "proj2": shape("visual_projection_2.weight")[0],
-        "fuse_dim": shape("fuse_module.layer_norm.weight")[0],
+        "fuse_dim": shape("fuse_module.layer_norm.weight", 1)[0],
         "qformer": None,
     }
     if sizes["proj1"] + sizes["proj2"] != sizes["fuse_dim"]:
@@ -483,7 +498,7 @@ def _infer_sizes(sd: Mapping, name: str) -> dict:
         )
     if any(k.startswith(_QFORMER) for k in sd):
         p = _QFORMER + "perceiver_resampler."
-        dim = shape(_QFORMER + "token_norm.weight")[0]
+        dim = shape(_QFORMER + "token_norm.weight", 1)[0]
         id_inner, id_dim = shape(_QFORMER + "token_proj.0.weight")
         inner = shape(p + "layers.0.0.to_q.weight")[0]
         if inner % _RESAMPLER_DIM_HEAD:

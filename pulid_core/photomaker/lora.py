@@ -59,7 +59,8 @@ def lora_patches(lora_weights: Mapping, name: str = "the PhotoMaker file") -> di
     """``{"diffusion_model.<ldm path>.weight": (up, down)}``; patch as W + strength * up @ down."""
     if not lora_weights:
         raise ModelFileError(
-            f"{name} has no LoRA weights ('lora_weights'): load the official photomaker-v1.bin or -v2.bin."
+            f"{name} has no LoRA weights ('lora_weights'): load the official photomaker-v1.bin or -v2.bin, "
+            "or set lora_strength to 0 to use its ID encoder without the LoRA."
         )
     halves: dict[str, dict[str, object]] = {}
     for key, tensor in lora_weights.items():

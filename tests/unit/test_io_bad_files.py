@@ -95,6 +95,53 @@ def test_a_truncated_pickle_is_corrupt_not_malicious(tmp_path):
     assert "w.pt" in str(err.value) and "Refused" not in str(err.value)
 
 
+@pytest.mark.parametrize("size", [3_000, 30_000, 70_000])
+def test_a_zip_checkpoint_cut_short_is_truncated_or_corrupt(tmp_path, size):
+    """torch's zip reader raises a bare OSError ("Invalid argument") for an archive cut inside its first
+    64 KiB (a download that stopped almost at once); every cut is named, never a raw OSError."""
+    path = tmp_path / "pulid_v1.bin"
+    torch.save({"w": torch.randn(64, 1024)}, path)
+    path.write_bytes(path.read_bytes()[:size])
+    with pytest.raises(ModelFileError, match="truncated or corrupt") as err:
+        pio.read_state_dict(path)
+    assert path.name in str(err.value)
+
+
+def test_a_file_that_cannot_be_memory_mapped_is_read_plainly(tmp_path, monkeypatch):
+    """Some filesystems refuse mmap (an OSError): the file is then read without it."""
+    path = tmp_path / "pulid_v1.bin"
+    torch.save({"w": torch.arange(4.0)}, path)
+    real = torch.load
+
+    def no_mmap(*args, mmap=None, **kwargs):
+        if mmap:
+            raise OSError(19, "No such device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pio.torch, "load", no_mmap)
+    assert torch.equal(pio.read_state_dict(path)["w"], torch.arange(4.0))
+
+
+def test_an_unreadable_file_names_the_permission_fix(tmp_path, monkeypatch):
+    path = tmp_path / "pulid_v1.bin"
+    torch.save({"w": torch.arange(4.0)}, path)
+    monkeypatch.setattr(pio.os, "access", lambda p, mode: False)  # tests may run as root, which reads anything
+    with pytest.raises(ModelFileError, match="permission denied.*readable by the user that runs ComfyUI"):
+        pio.read_state_dict(path)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int32, torch.bool])
+def test_integer_weights_are_refused_naming_the_dtype_and_key(dtype):
+    expected = {"w": torch.empty(2, 2), "steps": torch.zeros((), dtype=torch.long)}
+    sd = {"w": torch.ones(2, 2).to(dtype), "steps": torch.zeros((), dtype=torch.long)}
+    with pytest.raises(ModelFileError, match=f"f.bin stores weights as {str(dtype)[6:]} \\(w\\)"):
+        pio.check_float_weights(sd, "f.bin", expected)
+    # Integer buffers the module itself keeps as integers (BatchNorm's num_batches_tracked) pass.
+    pio.check_float_weights({"w": torch.ones(2, 2), "steps": sd["steps"]}, "f.bin", expected)
+    with pytest.raises(ModelFileError, match="steps"):
+        pio.check_float_weights({"steps": sd["steps"]}, "f.bin")
+
+
 def test_a_safetensors_file_saved_as_bin_is_read_as_safetensors(tmp_path):
     from safetensors.torch import save_file
 
