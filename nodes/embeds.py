@@ -140,6 +140,9 @@ def new_file_path(folder: str, prefix: str, node: str) -> tuple[str, str, int]:
     if os.path.isabs(prefix.strip()) or ".." in parts:
         raise PuLIDError(f"{node}: filename_prefix {prefix!r} points outside {folder}; use a name or a "
                          "subfolder/name inside it.")
+    if parts[-1] in ("", "."):  # "." or "x/..": the file would be the hidden "._00001_.safetensors"
+        raise PuLIDError(f"{node}: filename_prefix {prefix!r} names no file (it is the folder itself); use a "
+                         "name such as 'face' or 'people/face'.")
     limit = _name_max(folder)
     for i, part in enumerate(parts):
         room = limit - (NAME_SUFFIX if i == len(parts) - 1 else 0)
@@ -213,7 +216,7 @@ class PuLIDLoadEmbeds(io.ComfyNode):
 
     @classmethod
     def execute(cls, embeds_file):
-        node = check_inputs(cls)
+        node = check_inputs(cls, files={"embeds_file": embeds_file})
         path = folder_paths.get_full_path(EMBEDS_FOLDER, embeds_file)
         if path is None:
             raise PuLIDError(f"{node}: {embeds_file} not found in "

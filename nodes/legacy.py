@@ -30,6 +30,7 @@ class PulidModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, pulid_file):
+        check_inputs(cls, files={"pulid_file": pulid_file})
         return io.NodeOutput(load_adapter(pulid_file))
 
 

@@ -119,6 +119,7 @@ class PuLIDModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, pulid_file):
+        check_inputs(cls, files={"pulid_file": pulid_file})
         adapter = load_adapter(pulid_file)
         return io.NodeOutput(adapter, ui={"text": [f"PuLID {adapter.version}"]})
 
@@ -142,7 +143,7 @@ class PuLIDEvaClipLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, eva_clip, precision="fp32"):
-        check_inputs(cls, precision=precision)
+        check_inputs(cls, files={"eva_clip": eva_clip}, precision=precision)
         return io.NodeOutput(load_eva(eva_clip, precision))
 
 
@@ -172,7 +173,7 @@ class PuLIDInsightFaceLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, provider, pack, alignment="retinaface"):
-        check_inputs(cls, provider=provider, alignment=alignment)
+        check_inputs(cls, files={"pack": pack}, provider=provider, alignment=alignment)
         return io.NodeOutput(load_face_pipeline(provider, pack, alignment))
 
 

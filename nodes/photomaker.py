@@ -59,6 +59,8 @@ def apply_lora(model, lora_weights, strength: float, name: str):
     Every target layer is checked against the MODEL first, so a non-SDXL model is an
     error naming the mismatch instead of ComfyUI's silent "lora key not loaded".
     """
+    if strength == 0 and not lora_weights:
+        return model  # an ID-encoder-only file: nothing to patch, as asked
     patches = lora_patches(lora_weights, name)
     weights = model.model.state_dict()
     missing = [t for t in patches if t not in weights]
@@ -131,7 +133,7 @@ class PuLIDPhotoMakerLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, photomaker_file, lora_strength) -> io.NodeOutput:
-        check_inputs(cls, lora_strength=lora_strength)
+        check_inputs(cls, files={"photomaker_file": photomaker_file}, lora_strength=lora_strength)
         patcher = load_photomaker_patcher(folders.resolve("photomaker", photomaker_file))
         encoder = patcher.model
         model = apply_lora(model, encoder.lora_weights, lora_strength, os.path.basename(photomaker_file))
@@ -143,9 +145,20 @@ class PuLIDPhotoMakerLoader(io.ComfyNode):
 # ---------------------------------------------------------------------------
 
 
+# SDXL's CLIP: ComfyUI tokenizes for its two text encoders, CLIP-L ("l") and CLIP-G ("g").
+SDXL_TEXT_ENCODERS = ("g", "l")
+
+
 def trigger_token_ids(clip, trigger: str) -> list[int]:
     """The trigger word's token ids, from the CLIP's own tokenizer (the same for CLIP-L and CLIP-G)."""
-    found = {tuple(_content_ids(chunks[0])) for chunks in clip.tokenize(trigger).values()}
+    tokens = clip.tokenize(trigger)
+    if tuple(sorted(tokens)) != SDXL_TEXT_ENCODERS:
+        encoders = ", ".join(f"'{k}'" for k in sorted(tokens)) or "none"
+        raise PuLIDError(
+            f"PhotoMaker fuses into SDXL's prompt (text encoders 'g' and 'l'); this CLIP has {encoders} (FLUX, "
+            "SD1.5 and SD3 CLIPs differ): connect the CLIP of an SDXL checkpoint."
+        )
+    found = {tuple(_content_ids(chunks[0])) for chunks in tokens.values()}
     if len(found) != 1 or not next(iter(found)):
         raise PuLIDError(
             f"trigger_word {trigger!r} does not tokenize to the same words for every text encoder: "
@@ -245,7 +258,9 @@ def face_embeddings(face_analysis, images) -> torch.Tensor:
     out = []
     for i, image in enumerate(images):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        rgb = to_uint8_rgb(image, max_long_side=None, index=i + 1)
+        # An alpha channel is dropped, as in the CLIP branch and the official pipeline (PIL convert("RGB")).
+        rgb = image[..., :3] if image.ndim == 3 and image.shape[-1] == 4 else image
+        rgb = to_uint8_rgb(rgb, max_long_side=None, index=i + 1)
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
         analyzer, faces = _detect_with_fallback(analyzer, bgr)
         if not faces:

@@ -27,19 +27,26 @@ def display_name(node_cls) -> str:
     return schema.display_name or schema.node_id
 
 
-def check_inputs(node_cls, **values) -> str:
+def check_inputs(node_cls, files: dict | None = None, **values) -> str:
     """Check widget values against ``node_cls``'s own schema; returns the node's display name.
 
     ComfyUI 0.3.75 does not check a V3 COMBO value against its options for API clients and
     its FLOAT range check lets NaN through, so each node checks what it receives: a COMBO value
-    must be one of its options, a FLOAT/INT a finite number within its min..max, a MASK finite
-    and in 0..1. Only the values passed are checked (file lists are left to the loaders, whose
-    messages say where a missing file comes from).
+    must be one of its options (null included, unless the input is optional), a FLOAT/INT a finite
+    number within its min..max, a MASK finite and in 0..1. Only the values passed are checked.
+    ``files`` ({input: value}): file-list COMBOs, which must be a file name; whether the file exists
+    is left to the loaders, whose messages say where a missing file comes from.
     """
     schema = node_cls.define_schema()
     node = schema.display_name or schema.node_id
+    for name, value in (files or {}).items():
+        if not isinstance(value, str) or not value.strip():
+            raise PuLIDError(
+                f"{node}: {name} is {value!r}, not a file name: choose one of the files its list offers (a "
+                "hand-edited workflow or an API client sent none)."
+            )
     for spec in schema.inputs:
-        if spec.id not in values or values[spec.id] is None:
+        if spec.id not in values or (values[spec.id] is None and (spec.optional or not isinstance(spec, io.Combo.Input))):
             continue
         value = values[spec.id]
         if isinstance(spec, io.Combo.Input):

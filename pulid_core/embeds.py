@@ -144,7 +144,13 @@ def check_embeds(tensors, metadata, *, name: str, node: str, expected_version: s
     """Validate an embeddings state dict (``{"cond", "uncond"}`` + string metadata) as read from a file."""
     if not isinstance(tensors, dict):
         raise PuLIDError(f"{node}: {name} holds no tensors.")
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+    found = metadata.get("format") if isinstance(metadata, dict) else None
+    if isinstance(found, str) and found != FORMAT and found.startswith(FORMAT.rsplit("/", 1)[0] + "/"):
+        raise PuLIDError(
+            f"{node}: {name} was saved in the embeddings format {found!r}, which this version of comfyui-pulid "
+            f"does not read (it reads {FORMAT!r}): update comfyui-pulid."
+        )
+    if found != FORMAT:
         kind = guess_kind(tensors.keys()) if tensors else "an empty file"
         looks = f" (it looks like {kind})" if kind != "an unrecognised file" else ""
         raise PuLIDError(f"{node}: {name} is not a PuLID embeddings file saved by 'Save PuLID Embeds'{looks}.")

@@ -17,30 +17,40 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _to_uint8(image) -> np.ndarray:
-    """HWC RGB uint8 from a uint8 array or a ComfyUI float image in [0, 1] (rounded, as PIL conversion)."""
+def _to_uint8(image, index: int | None = None) -> np.ndarray:
+    """HWC RGB uint8 from a uint8 array or a ComfyUI float image in [0, 1] (rounded, as PIL conversion).
+
+    As the official pipeline's PIL ``convert("RGB")``: an alpha channel is dropped, gray ([H, W] or
+    [H, W, 1]) is repeated to RGB. ``index`` (1-based) names the image in messages."""
+    name = "An ID image" if index is None else f"ID image {index}"
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
         if image.is_floating_point():
             image = image.float()
         image = image.numpy()
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] not in (3, 4):
-        raise PuLIDError(f"An ID image must be H x W x 3 (RGB), got shape {image.shape}.")
-    image = image[..., :3]
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise PuLIDError(f"{name} must be H x W x 3 (RGB; gray or RGBA are converted), got shape {image.shape}.")
+    image = np.repeat(image, 3, axis=2) if image.shape[-1] == 1 else image[..., :3]
     if image.dtype == np.uint8:
         return np.ascontiguousarray(image)
     if np.issubdtype(image.dtype, np.floating):
-        return np.round(np.clip(image.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
-    raise PuLIDError(f"An ID image must be uint8 or float in [0, 1], got {image.dtype}.")
+        if not np.isfinite(image).all():
+            # Cast to uint8 they would silently become black (or any value): refuse, as the face branch does.
+            raise PuLIDError(f"{name} contains NaN or infinite values: check the node that made it.")
+        # In float32, as the face branch rounds (pulid_core.face.image): both branches see the same pixels.
+        return np.clip(np.rint(image.astype(np.float32) * np.float32(255.0)), 0, 255).astype(np.uint8)
+    raise PuLIDError(f"{name} must be uint8 or float in [0, 1], got {image.dtype}.")
 
 
-def preprocess_id_image(image, size: int = 224) -> torch.Tensor:
+def preprocess_id_image(image, size: int = 224, index: int | None = None) -> torch.Tensor:
     """One RGB image (HWC, uint8 or float in [0, 1]) -> normalised pixels [3, size, size] float32."""
-    pixels = _to_uint8(image)
+    pixels = _to_uint8(image, index)
     h, w = pixels.shape[:2]
     if min(h, w) == 0:
-        raise PuLIDError("An ID image is empty (0 pixels).")
+        raise PuLIDError(f"{'An ID image' if index is None else f'ID image {index}'} is empty (0 pixels).")
     # HF get_resize_output_image_size: short side -> size, long side = int(size * long / short).
     if h <= w:
         new_h, new_w = size, int(size * w / h)
@@ -61,4 +71,4 @@ def preprocess_id_images(images, size: int = 224) -> torch.Tensor:
         images = images[None]
     if len(images) == 0:
         raise PuLIDError("No ID image given: connect at least one reference photo of the person.")
-    return torch.stack([preprocess_id_image(img, size) for img in images])
+    return torch.stack([preprocess_id_image(img, size, i + 1) for i, img in enumerate(images)])

@@ -161,7 +161,9 @@ def _occurrences(text: str, trigger: str):
     is a token of its own exactly when no letter touches it.
     """
     out = []
-    for m in re.finditer(re.escape(trigger.lower()), text.lower()):
+    # Matched case-insensitively in the text itself: offsets into text.lower() drift where lowering
+    # changes a character's length (Turkish 'İ' becomes two).
+    for m in re.finditer(re.escape(trigger), text, re.IGNORECASE):
         s, e = m.span()
         touches = (s > 0 and text[s - 1].isalpha()) or (e < len(text) and text[e].isalpha())
         out.append((s, e, not touches))
@@ -174,6 +176,19 @@ def _word_around(text: str, s: int, e: int) -> str:
     while e < len(text) and text[e].isalnum():
         e += 1
     return text[s:e]
+
+
+# ComfyUI's emphasis around the trigger alone, "(img)" or "(img:1.2)": the tokens are the same as
+# without it (the weight goes to the deleted trigger), so the class word may stand before the "(".
+_EMPHASIS_OPEN = re.compile(r"\(\s*$")
+_EMPHASIS_CLOSE = re.compile(r"^\s*(?::\s*[-+]?(?:\d+\.?\d*|\.\d+)\s*)?\)")
+
+
+def _emphasis_span(text: str, s: int, e: int) -> tuple[int, int]:
+    """(start, end) of the trigger with the emphasis brackets that hold nothing else, nested ones too."""
+    while (opened := _EMPHASIS_OPEN.search(text[:s])) and (closed := _EMPHASIS_CLOSE.match(text[e:])):
+        s, e = opened.start(), e + closed.end()
+    return s, e
 
 
 def check_trigger(text: str, trigger: str) -> str | None:
@@ -193,7 +208,7 @@ def check_trigger(text: str, trigger: str) -> str | None:
         return f"The prompt has no trigger word: add '{trigger}' right after the class word, e.g. 'a photo of a man {trigger}'."
     if len(hits) > 1:
         return f"The trigger word '{trigger}' appears {len(hits)} times: use it once, right after the class word."
-    before = text[: hits[0][0]].rstrip()
+    before = text[: _emphasis_span(text, hits[0][0], hits[0][1])[0]].rstrip()
     if not before or not (before[-1].isalnum() or before[-1] == ")"):
         return (
             f"There is no class word right before '{trigger}': write the class word (man, woman, girl, ...) "
@@ -207,6 +222,6 @@ def remove_trigger(text: str, trigger: str) -> str:
     problem = check_trigger(text, trigger)
     if problem:
         raise PuLIDError(problem)
-    s, e, _ = _occurrences(text, trigger.strip())[0]
+    s, e = _emphasis_span(text, *_occurrences(text, trigger.strip())[0][:2])
     head = text[:s].rstrip()
     return head + text[e:]

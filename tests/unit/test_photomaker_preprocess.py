@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from pulid_core.errors import PuLIDError
-from pulid_core.photomaker.preprocess import preprocess_id_image, preprocess_id_images
+from pulid_core.photomaker.preprocess import _to_uint8, preprocess_id_image, preprocess_id_images
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 STD = np.array([0.26862954, 0.26130258, 0.27577711])
@@ -58,10 +58,37 @@ def test_constant_image_is_normalised_exactly():
         assert torch.allclose(out[c], torch.tensor((128 / 255 - MEAN[c]) / STD[c], dtype=torch.float32))
 
 
+@pytest.mark.parametrize("gray", [(120, 90), (120, 90, 1)])
+def test_gray_is_repeated_to_rgb_as_pil_convert(gray):
+    pixels = image(120, 90)[..., :1]
+    assert torch.equal(preprocess_id_image(pixels.reshape(gray)), preprocess_id_image(np.repeat(pixels, 3, axis=2)))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_pixels_are_refused_naming_the_image(bad):
+    good = torch.rand(96, 128, 3, generator=torch.Generator().manual_seed(0))
+    broken = good.clone()
+    broken[10, 20, 1] = bad
+    with pytest.raises(PuLIDError, match="ID image 2 contains NaN or infinite"):
+        preprocess_id_images([good, broken])
+
+
+def test_float_rounding_is_the_face_branchs():
+    """Both PhotoMaker v2 branches turn a float image into the same uint8 pixels (float32 rounding,
+    as pulid_core.face.image): 0.9235294 * 255 is 235.5 in float32 (rounds to 236), 235.49999 in float64."""
+    from pulid_core.face.image import to_uint8_rgb
+
+    x = torch.rand(96, 96, 3, generator=torch.Generator().manual_seed(2))
+    x[0, 0] = torch.tensor([0.9235293865203857, 0.7352941036224365, 0.5])
+    assert np.array_equal(_to_uint8(x), to_uint8_rgb(x, max_long_side=None))
+
+
 def test_alpha_channel_is_dropped_and_bad_input_is_refused():
     rgba = np.concatenate([image(120, 90), np.zeros((120, 90, 1), np.uint8)], axis=-1)
     assert torch.equal(preprocess_id_image(rgba), preprocess_id_image(rgba[..., :3]))
     with pytest.raises(PuLIDError, match="H x W x 3"):
-        preprocess_id_image(np.zeros((10, 10), np.uint8))
+        preprocess_id_image(np.zeros((10, 10, 2), np.uint8))
+    with pytest.raises(PuLIDError, match="H x W x 3"):
+        preprocess_id_image(np.zeros((2, 10, 10, 3), np.uint8))
     with pytest.raises(PuLIDError, match="No ID image"):
         preprocess_id_images([])
