@@ -67,7 +67,7 @@ class IDContext:
 
     def __init__(self, adapter, cond_tokens, uncond_tokens, *, weight: float, projection: str, num_zero: int,
                  sigma_start: float, sigma_end: float, mask: torch.Tensor | None = None,
-                 node: str = "Apply PuLID"):
+                 node: str = "Apply PuLID", schedule: tuple[float, float] | None = None):
         self.node = node  # for messages that can only be given at sampling time
         self.adapter = adapter  # comfy ModelPatcher around a pulid_core PuLIDModel
         self.cond_tokens = cond_tokens
@@ -75,7 +75,7 @@ class IDContext:
         self.weight = float(weight)
         self.projection = projection
         self.num_zero = int(num_zero)
-        self.gate = SigmaGate(sigma_start, sigma_end)
+        self.gate = SigmaGate(sigma_start, sigma_end, schedule)
         self.mask = mask
         # Caches of pure functions of the fields above. Filling one twice from two threads
         # computes the same value twice; a dict assignment is atomic, so no lock is needed.

@@ -84,7 +84,8 @@ def apply_flux_embeds(model, adapter: PuLIDAdapter, embeds: IDEmbeds, *, node: s
     sampling = model.get_model_object("model_sampling")
     context = FluxIDContext(adapter.patcher, embeds.cond, embeds.uncond, weight=weight,
                             sigma_start=sampling.percent_to_sigma(start_at),
-                            sigma_end=sampling.percent_to_sigma(end_at), mask=mask, node=node)
+                            sigma_end=sampling.percent_to_sigma(end_at), mask=mask, node=node,
+                            schedule=(start_at, end_at))
 
     def replaces(earlier_masked: bool) -> bool:
         return mask is None or not earlier_masked

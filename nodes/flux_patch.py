@@ -33,7 +33,7 @@ import torch
 from ..pulid_core import flux as core_flux
 from ..pulid_core.errors import PuLIDError
 from ..pulid_core.options import check_mask_batch
-from .sigma_gate import SigmaGate
+from .sigma_gate import SigmaGate, bind_run_sampling
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,14 @@ class FluxIDContext:
     """
 
     def __init__(self, adapter, cond, uncond, *, weight: float, sigma_start: float, sigma_end: float,
-                 mask: torch.Tensor | None = None, node: str = "Apply PuLID (FLUX)"):
+                 mask: torch.Tensor | None = None, node: str = "Apply PuLID (FLUX)",
+                 schedule: tuple[float, float] | None = None):
         self.node = node  # for messages that can only be given at sampling time
         self.adapter = adapter  # comfy ModelPatcher around pulid_core's PuLIDFluxModel
         self.cond = cond
         self.uncond = uncond
         self.weight = float(weight)
-        self.gate = SigmaGate(sigma_start, sigma_end)
+        self.gate = SigmaGate(sigma_start, sigma_end, schedule)
         self.mask = mask
         # Names this application in model options (which ComfyUI deep-copies with every clone).
         self.token = uuid.uuid4().hex
@@ -207,6 +208,7 @@ def install(model, context: FluxIDContext, *, replace) -> object:
 
     patched.remove_wrappers_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, grid_wrapper)
+    bind_run_sampling(patched)
     return patched
 
 

@@ -28,6 +28,7 @@ from ..pulid_core.options import (
 from .attn_patch import IDAttnPatch, IDContext
 from .comfy_compat import offload_model
 from .loaders import EvaClipModel, PuLIDAdapter, PuLIDEvaClipLoader, PuLIDInsightFaceLoader, PuLIDModelLoader
+from .sigma_gate import bind_run_sampling
 from .types import EvaClip, FaceAnalysis, PuLID, check_inputs, display_name
 
 log = logging.getLogger(__name__)
@@ -170,12 +171,14 @@ def apply_embeds(model, adapter: PuLIDAdapter, embeds: IDEmbeds, *, node: str, w
     sampling = model.get_model_object("model_sampling")
     context = IDContext(adapter.patcher, embeds.cond, embeds.uncond, weight=weight, projection=projection,
                         num_zero=num_zero, sigma_start=sampling.percent_to_sigma(start_at),
-                        sigma_end=sampling.percent_to_sigma(end_at), mask=mask, node=node)
+                        sigma_end=sampling.percent_to_sigma(end_at), mask=mask, node=node,
+                        schedule=(start_at, end_at))
     patched = model.clone()
     occupants = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for key, index in layers:
         upstream = occupants.get(key) or occupants.get(key[:2])
         patched.set_model_attn2_replace(IDAttnPatch(context, index, upstream), key[0], key[1], key[2])
+    bind_run_sampling(patched)  # start_at/end_at on the schedule of the model that is sampled
     log.info("%s: PuLID %s on %d layers (%s, %d zero tokens, weight %.2f)", node, adapter.version, len(layers),
              projection, num_zero, weight)
     return patched

@@ -332,6 +332,44 @@ def test_sigma_range_gates_the_id_term(loaded):
     assert not torch.allclose(inside, base)
 
 
+@pytest.mark.parametrize("order", ["apply_then_schedule", "schedule_then_apply"])
+def test_start_end_at_follow_the_schedule_of_the_sampled_model(tiny_sdxl, loaded, face_image, monkeypatch, order):
+    """start_at/end_at are fractions of the schedule that is sampled, as ComfyUI's own timestep ranges:
+    a model-sampling node after Apply PuLID moves the sigmas they mean (EDM 120..0.002: end_at 0.5 is
+    sigma 0.49 there, 1.62 on SDXL's discrete schedule). The steps where the ID term runs are exactly
+    those whose sigma lies in the range on the sampled model, whichever node comes first."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingContinuousEDM
+    from comfyui_pulid.nodes import sigma_gate
+    from comfyui_pulid.nodes.pulid import PuLIDApply
+
+    def schedule(model):
+        return ModelSamplingContinuousEDM().patch(model, "eps", 120.0, 0.002)[0]
+
+    def pulid(model):
+        return PuLIDApply.execute(model, loaded["v1"], loaded["eva"], loaded["face"], face_image, "fidelity", 0.8,
+                                  0.25, 0.5).result[0]
+
+    applied = pulid(tiny_sdxl[0])
+    model = schedule(applied) if order == "apply_then_schedule" else pulid(schedule(tiny_sdxl[0]))
+    gate_call = sigma_gate.SigmaGate.__call__
+    seen = {}
+
+    def recording(self, options):
+        decision = gate_call(self, options)
+        seen[round(float(options["sigmas"].reshape(-1)[0]), 5)] = decision
+        return decision
+
+    monkeypatch.setattr(sigma_gate.SigmaGate, "__call__", recording)
+    # The same application sampled on its own schedule (discrete) after the other one: each run converts anew.
+    for sampled in (model, applied):
+        seen.clear()
+        sample(sampled, tiny_sdxl[1], steps=8)
+        ms = sampled.get_model_object("model_sampling")
+        start, end = ms.percent_to_sigma(0.25), ms.percent_to_sigma(0.5)
+        assert len(seen) == 8 and 0 < sum(seen.values()) < 8
+        assert seen == {s: end <= s <= start for s in seen}
+
+
 def test_mask_is_resized_to_each_layers_token_grid(loaded):
     mask = torch.zeros(1, 32, 48)
     mask[:, :, :24] = 1.0  # left half
