@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from ..pulid_core.attention import id_attention_prepared, prepare_id_kv, select_rows
-from ..pulid_core.options import check_mask_batch
+from ..pulid_core.options import check_mask_batch, mask_for_area
 from ..pulid_core.rows import batch_rows
+from .run_options import chunk_areas
 from .sigma_gate import SigmaGate
 
 log = logging.getLogger(__name__)
@@ -138,16 +139,22 @@ class IDContext:
         if self.mask is None:
             return None
         _, _, height, width = extra_options["activations_shape"]
-        key = (height, width, batch_per_chunk, chunks, str(device), dtype)
+        # A regional prompt's chunk runs on its area of the latent: the mask of that area (run_options).
+        regions = chunk_areas(extra_options, chunks)
+        key = (height, width, batch_per_chunk, chunks, str(device), dtype, regions)
         cached = self._masks.get(key)
         if cached is None:
-            mask = self.mask.to(device=device, dtype=torch.float32)
-            mask = F.interpolate(mask[:, None], size=(height, width), mode="bilinear", align_corners=False)
-            mask = mask.reshape(mask.shape[0], height * width, 1)
             # The latent batch is first known here: a mask per image or one for all, never a silent mask[0].
-            check_mask_batch(mask.shape[0], batch_per_chunk, node=self.node)
-            mask = mask.expand(batch_per_chunk, -1, -1)
-            cached = self._masks[key] = mask.repeat(chunks, 1, 1).to(dtype)
+            check_mask_batch(self.mask.shape[0], batch_per_chunk, node=self.node)
+            areas = regions[1] if regions is not None else (None,) * chunks
+            rows = []
+            for area in dict.fromkeys(areas):  # each distinct area once
+                mask = self.mask if area is None else mask_for_area(self.mask, regions[0], area)
+                mask = F.interpolate(mask.to(device=device, dtype=torch.float32)[:, None], size=(height, width),
+                                     mode="bilinear", align_corners=False)
+                rows.append((area, mask.reshape(mask.shape[0], height * width, 1).expand(batch_per_chunk, -1, -1)))
+            by_area = dict(rows)
+            cached = self._masks[key] = torch.cat([by_area[a] for a in areas]).to(dtype)
         return cached
 
 

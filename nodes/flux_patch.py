@@ -32,8 +32,9 @@ import torch
 
 from ..pulid_core import flux as core_flux
 from ..pulid_core.errors import PuLIDError
-from ..pulid_core.options import check_mask_batch
-from .sigma_gate import SigmaGate, bind_run_sampling
+from ..pulid_core.options import check_mask_batch, mask_for_area
+from .run_options import bind_run_options, chunk_areas
+from .sigma_gate import SigmaGate
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,15 @@ class FluxIDContext:
             # latent batch is first known here, so a mismatch is refused here, never mask[0] silently.
             per_chunk = img.shape[0] // len(chunks)
             check_mask_batch(self.mask.shape[0], per_chunk, node=self.node)
-            mask = core_flux.mask_to_tokens(self.mask, grid[0], grid[1], per_chunk, img.dtype, img.device)
-            mask = mask.repeat(len(chunks), 1, 1)
+            # A regional prompt's chunk runs on its area of the latent: the mask of that area (run_options).
+            regions = chunk_areas(options, len(chunks))
+            if regions is None:
+                mask = core_flux.mask_to_tokens(self.mask, grid[0], grid[1], per_chunk, img.dtype, img.device)
+                mask = mask.repeat(len(chunks), 1, 1)
+            else:
+                mask = torch.cat([core_flux.mask_to_tokens(
+                    self.mask if area is None else mask_for_area(self.mask, regions[0], area), grid[0], grid[1],
+                    per_chunk, img.dtype, img.device) for area in regions[1]])
         return core_flux.add_identity(img, self.adapter.model, ca, rows, self.weight, mask=mask)
 
 
@@ -208,7 +216,7 @@ def install(model, context: FluxIDContext, *, replace) -> object:
 
     patched.remove_wrappers_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
     patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, grid_wrapper)
-    bind_run_sampling(patched)
+    bind_run_options(patched)
     return patched
 
 

@@ -28,7 +28,7 @@ from ..pulid_core.options import (
 from .attn_patch import IDAttnPatch, IDContext
 from .comfy_compat import offload_model
 from .loaders import EvaClipModel, PuLIDAdapter, PuLIDEvaClipLoader, PuLIDInsightFaceLoader, PuLIDModelLoader
-from .sigma_gate import bind_run_sampling
+from .run_options import bind_run_options
 from .types import EvaClip, FaceAnalysis, PuLID, check_inputs, display_name
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def apply_embeds(model, adapter: PuLIDAdapter, embeds: IDEmbeds, *, node: str, w
     for key, index in layers:
         upstream = occupants.get(key) or occupants.get(key[:2])
         patched.set_model_attn2_replace(IDAttnPatch(context, index, upstream), key[0], key[1], key[2])
-    bind_run_sampling(patched)  # start_at/end_at on the schedule of the model that is sampled
+    bind_run_options(patched)  # the sampled model's schedule, regional prompts' areas
     log.info("%s: PuLID %s on %d layers (%s, %d zero tokens, weight %.2f)", node, adapter.version, len(layers),
              projection, num_zero, weight)
     return patched

@@ -9,21 +9,20 @@ start_at/end_at are fractions of the schedule of the model that is *sampled*, as
 ComfyUI's own timestep ranges (ConditioningSetTimestepRange, ControlNet start/end), which
 ``comfy.samplers`` resolves at sampling time: a ModelSamplingFlux / ModelSamplingDiscrete
 node placed after the Apply node changes the sigmas they mean. An OUTER_SAMPLE wrapper
-(:func:`bind_run_sampling`) puts the sampled model's ``model_sampling`` into the run's own
-copy of the model options; the gate converts the fractions with it (once per run). Without
-it (a caller that runs the model outside ComfyUI's samplers) the Apply node's model's
-schedule is used.
+(:mod:`.run_options`) puts the sampled model's ``model_sampling`` into the run's own copy of
+the model options; the gate converts the fractions with it (once per run). Without it (a
+caller that runs the model outside ComfyUI's samplers) the Apply node's model's schedule is
+used.
 """
 
 from __future__ import annotations
 
 import weakref
 
+from .run_options import RUN_SAMPLING
+
 # ComfyUI's model_sampling.percent_to_sigma(0.0) returns 999999999.9 ("any sigma").
 ANY_SIGMA = 999999999.0
-# transformer_options key of the sampled model's model_sampling, set for one sampling run.
-RUN_SAMPLING = "comfyui_pulid.model_sampling"
-WRAPPER_KEY = "comfyui-pulid.schedule"
 
 
 def _weak(obj):
@@ -75,22 +74,3 @@ class SigmaGate:
         decision = end <= sigma <= start
         self._last = (_weak(sigmas), decision)
         return decision
-
-
-def _with_run_sampling(executor, *args, **kwargs):
-    """OUTER_SAMPLE wrapper: the sampled model's model_sampling into this run's model options (the
-    guider's copy for this run, dropped when it ends)."""
-    guider = executor.class_obj
-    patcher = getattr(guider, "model_patcher", None)
-    options = getattr(guider, "model_options", None)
-    if patcher is not None and isinstance(options, dict):
-        options.setdefault("transformer_options", {})[RUN_SAMPLING] = patcher.get_model_object("model_sampling")
-    return executor(*args, **kwargs)
-
-
-def bind_run_sampling(patcher) -> None:
-    """Register the wrapper on a ModelPatcher (the Apply node's own clone), once."""
-    import comfy.patcher_extension as ext
-
-    if not patcher.get_wrappers(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY):
-        patcher.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _with_run_sampling)

@@ -98,3 +98,16 @@ def check_mask_batch(mask_batch: int, latent_batch: int, *, node: str = "Apply P
             f"{_where(node, input_name)} holds {mask_batch} masks but the latent batch is {latent_batch}: give "
             f"one mask (used for every image) or exactly {latent_batch}, one per image."
         )
+
+
+def mask_for_area(mask: torch.Tensor, latent_hw: tuple[int, int], area: tuple[int, int, int, int]) -> torch.Tensor:
+    """The part of a whole-image mask [M, H, W] over a latent area (y, x, h, w) of a latent of size
+    ``latent_hw``: what the mask says about the crop a regional prompt runs on. Mask pixels map to
+    latent pixels proportionally (a MASK is usually 8x the latent); the crop takes every mask pixel
+    the area touches, at least one."""
+    mh, mw = mask.shape[-2:]
+    lh, lw = latent_hw
+    y, x, h, w = area
+    y0, x0 = min(mh - 1, y * mh // lh), min(mw - 1, x * mw // lw)
+    y1, x1 = max(y0 + 1, -(-(y + h) * mh // lh)), max(x0 + 1, -(-(x + w) * mw // lw))
+    return mask[..., y0:min(mh, y1), x0:min(mw, x1)]

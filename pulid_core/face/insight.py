@@ -62,9 +62,26 @@ class Face:
         return self.embedding / np.linalg.norm(self.embedding)
 
 
+ONNXRUNTIME_MISSING = (
+    "onnxruntime is not installed in ComfyUI's Python. Run comfyui-pulid's install.py with it (ComfyUI "
+    "Manager does this), or install one build by hand: onnxruntime (CPU), onnxruntime-gpu (CUDA), "
+    "onnxruntime-directml (Windows DirectML) — only one of them."
+)
+
+
+def _onnxruntime():
+    """The onnxruntime module, or a PuLIDError saying how to install it (it is not in requirements.txt:
+    install.py installs the CPU build only where no other build is present, see there)."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise PuLIDError(ONNXRUNTIME_MISSING) from exc
+    return onnxruntime
+
+
 def resolve_provider(provider: str) -> list:
     """'CPU' | 'CUDA' | 'ROCm' | 'CoreML' | 'DirectML' (or a full ORT name) -> providers list, CPU last."""
-    import onnxruntime
+    onnxruntime = _onnxruntime()
 
     name = PROVIDERS.get(str(provider).lower().replace("executionprovider", ""), str(provider))
     if name not in PROVIDERS.values():
@@ -197,7 +214,7 @@ def model_task(model) -> str | None:
 
 
 def _session(data: bytes, path: str, providers: list):
-    import onnxruntime
+    onnxruntime = _onnxruntime()
 
     opts = onnxruntime.SessionOptions()
     opts.log_severity_level = 3

@@ -28,13 +28,6 @@ def _input(name, shape):
 
 
 @pytest.fixture(scope="module")
-def tiny_flux(pack):
-    from comfy_testpack.tiny_flux import tiny_flux_model
-
-    return tiny_flux_model()
-
-
-@pytest.fixture(scope="module")
 def flux_inputs(golden):
     """The golden forward's inputs in ComfyUI's terms: the patchified img back to a [1,16,2h,2w] latent."""
     from einops import rearrange
@@ -331,17 +324,6 @@ def face_tools(adapters):
 
     return (loaders.PuLIDEvaClipLoader.execute("EVA02_CLIP_L_336_psz14_s6B.pt", "fp32").result[0],
             loaders.PuLIDInsightFaceLoader.execute("CPU", "antelopev2", "insightface").result[0])
-
-
-@pytest.fixture(scope="module")
-def face_image():
-    import numpy as np
-    from PIL import Image
-
-    import comfy_harness
-
-    image = np.asarray(Image.open(comfy_harness.default_face_image()).convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(image)[None]
 
 
 def sample_flux(model, inputs, cfg=1.0, steps=2, seed=0):

@@ -45,11 +45,6 @@ def loaders(pack):
 
 
 @pytest.fixture(scope="module")
-def si(pack):
-    return importlib.import_module("comfy_testpack.stand_ins_photomaker")
-
-
-@pytest.fixture(scope="module")
 def sp(pack):
     return importlib.import_module("comfy_testpack.stand_ins_pulid")
 

@@ -34,12 +34,6 @@ def ph(pack):
 
 
 @pytest.fixture(scope="module")
-def si(pack):
-    """The stand-in writer module (imports ComfyUI, so only after the pack fixture)."""
-    return importlib.import_module("comfy_testpack.stand_ins_photomaker")
-
-
-@pytest.fixture(scope="module")
 def pm_dir(si, tmp_path_factory):
     """models/photomaker with tiny v1 and v2 files, registered in ComfyUI's folder_paths."""
     import folder_paths

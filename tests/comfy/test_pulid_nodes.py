@@ -2,47 +2,10 @@
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
 pytestmark = pytest.mark.comfy
-
-
-@pytest.fixture(scope="module")
-def models_dir(pack, model_folders):
-    """A models folder with tiny PuLID v1/v1.1, EVA-CLIP, InsightFace and facexlib files, registered."""
-    from comfy_testpack import stand_ins_pulid as s
-
-    root = model_folders("models", "pulid", "eva_clip", "insightface", "facexlib", "pulid_embeds")
-    s.write_tiny_pulid(root / "pulid" / "ip-adapter_pulid_sdxl_fp16.safetensors")
-    s.write_tiny_pulid(root / "pulid" / "pulid_v1.1.safetensors")
-    s.write_tiny_eva(root / "eva_clip" / "EVA02_CLIP_L_336_psz14_s6B.pt")
-    s.write_tiny_face_models(root / "insightface" / "antelopev2")
-    pack.nodes.node_list()  # registers the pack's folders (keeps the ones above)
-    return root
-
-
-@pytest.fixture(scope="module")
-def loaded(models_dir):
-    from comfyui_pulid.nodes import loaders
-
-    return {
-        "v1": loaders.PuLIDModelLoader.execute("ip-adapter_pulid_sdxl_fp16.safetensors").result[0],
-        "v1.1": loaders.PuLIDModelLoader.execute("pulid_v1.1.safetensors").result[0],
-        "eva": loaders.PuLIDEvaClipLoader.execute("EVA02_CLIP_L_336_psz14_s6B.pt", "fp32").result[0],
-        "face": loaders.PuLIDInsightFaceLoader.execute("CPU", "antelopev2", "insightface").result[0],
-    }
-
-
-@pytest.fixture(scope="module")
-def face_image():
-    from PIL import Image
-
-    import comfy_harness
-
-    image = np.asarray(Image.open(comfy_harness.default_face_image()).convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(image)[None]
 
 
 def attn2_patches(model):
@@ -368,6 +331,55 @@ def test_start_end_at_follow_the_schedule_of_the_sampled_model(tiny_sdxl, loaded
         start, end = ms.percent_to_sigma(0.25), ms.percent_to_sigma(0.5)
         assert len(seen) == 8 and 0 < sum(seen.values()) < 8
         assert seen == {s: end <= s <= start for s in seen}
+
+
+@pytest.mark.parametrize("regional", ["ConditioningSetArea", "ConditioningSetMask-mask-bounds"])
+def test_attn_mask_follows_a_regional_prompts_crop(tiny_sdxl, loaded, face_image, monkeypatch, regional):
+    """A prompt restricted to a region (ConditioningSetArea, or ConditioningSetMask with "mask bounds")
+    runs on the crop of the latent inside it (comfy.samplers.get_area_and_mult): the whole-image
+    attn_mask must then be cut to that area, not squeezed onto the crop. Here the prompt covers the
+    right half of a 128x128 image and the person's mask its right quarter: on the crop's token grid
+    the ID term must cover the crop's right half (before the fix, the right half of the mask, i.e.
+    the image's right eighth)."""
+    from comfyui_pulid.nodes.attn_patch import IDContext
+    from comfyui_pulid.nodes.pulid import PuLIDApply
+
+    from nodes import ConditioningSetArea, ConditioningSetMask
+
+    person = torch.zeros(1, 128, 128)
+    person[..., 96:] = 1.0
+    model = PuLIDApply.execute(tiny_sdxl[0], loaded["v1"], loaded["eva"], loaded["face"], face_image, "fidelity",
+                               0.8, 0.0, 1.0, attn_mask=person).result[0]
+    seen = []
+    mask_rows = IDContext.mask_rows
+
+    def recording(self, extra_options, *args):
+        rows = mask_rows(self, extra_options, *args)
+        seen.append((tuple(extra_options["activations_shape"][2:]), rows))
+        return rows
+
+    monkeypatch.setattr(IDContext, "mask_rows", recording)
+    clip = tiny_sdxl[1]
+    cond, pooled = clip.encode_from_tokens(clip.tokenize("a portrait photo"), return_pooled=True)
+    positive = [[cond, {"pooled_output": pooled}]]
+    if regional == "ConditioningSetArea":
+        positive = ConditioningSetArea().append(positive, 64, 128, 64, 0, 1.0)[0]
+    else:
+        right = torch.zeros(1, 128, 128)
+        right[..., 64:] = 1.0
+        positive = ConditioningSetMask().append(positive, right, "mask bounds", 1.0)[0]
+    negative = [[torch.zeros_like(cond), {"pooled_output": torch.zeros_like(pooled)}]]
+    import comfy.sample
+
+    latent = torch.zeros(1, 4, 16, 16)
+    comfy.sample.sample(model, comfy.sample.prepare_noise(latent, 0), 1, 1.0, "euler", "normal", positive,
+                        negative, latent, disable_pbar=True)
+    # cfg 1: only the regional prompt runs, on its 16x8 crop: attn2 grids 8x4 and 4x2 (the whole latent's: 8x8, 4x4).
+    assert {hw for hw, _ in seen} == {(8, 4), (4, 2)}
+    for (h, w), rows in seen:
+        grid = rows[0, :, 0].reshape(h, w)
+        torch.testing.assert_close(grid[:, : w // 2], torch.zeros(h, w // 2))
+        torch.testing.assert_close(grid[:, w // 2 :], torch.ones(h, w // 2))
 
 
 def test_mask_is_resized_to_each_layers_token_grid(loaded):

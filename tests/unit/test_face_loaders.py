@@ -280,3 +280,15 @@ def test_keypoint_alignment_needs_only_the_parsing_weights(tmp_path):
     assert xlib.parse(np.zeros((512, 512, 3), np.uint8)).shape == (512, 512)
     with pytest.raises(PuLIDError, match="RetinaFace was not loaded"):
         xlib.landmarks(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_a_missing_onnxruntime_says_how_to_install_one_build(monkeypatch):
+    """onnxruntime is installed by install.py, not requirements.txt: without any build, loading says
+    which to install (and only one), never a bare ModuleNotFoundError."""
+    import sys
+
+    from pulid_core.face import insight
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    with pytest.raises(PuLIDError, match="onnxruntime is not installed.*install.py.*onnxruntime-gpu.*only one"):
+        insight.resolve_provider("CPU")

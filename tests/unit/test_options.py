@@ -59,3 +59,18 @@ def test_check_mask_batch():
     options.check_mask_batch(4, 4)
     with pytest.raises(PuLIDError, match="Apply PuLID: attn_mask holds 2 masks but the latent batch is 3"):
         options.check_mask_batch(2, 3, node="Apply PuLID")
+
+
+@pytest.mark.parametrize("scale", [8, 1, 3])
+def test_mask_for_area_takes_the_masks_pixels_over_the_latent_area(scale):
+    """A MASK at scale x the latent: the crop over latent rows 2..5 and columns 6..9 is exactly the mask
+    pixels those latent pixels cover (no shift, no stretch)."""
+    mask = torch.arange(1 * 10 * 12 * scale * scale, dtype=torch.float32).reshape(1, 10 * scale, 12 * scale)
+    crop = options.mask_for_area(mask, (10, 12), (2, 6, 4, 4))
+    assert torch.equal(crop, mask[:, 2 * scale : 6 * scale, 6 * scale : 10 * scale])
+
+
+def test_mask_for_area_of_a_mask_smaller_than_the_latent_keeps_a_pixel():
+    mask = torch.tensor([[[0.0, 1.0], [2.0, 3.0]]])  # 2x2 mask over a 16x16 latent
+    assert torch.equal(options.mask_for_area(mask, (16, 16), (9, 0, 2, 3)), torch.tensor([[[2.0]]]))
+    assert torch.equal(options.mask_for_area(mask, (16, 16), (0, 4, 16, 8)), torch.tensor([[[0.0, 1.0], [2.0, 3.0]]]))
