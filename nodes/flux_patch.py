@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 WRAPPER_KEY = "comfyui-pulid.flux"
 GRID = "pulid_flux_grid"  # (rows, cols) of the latent's patch tokens, set by grid_wrapper
+LATENT = "pulid_flux_latent"  # (height, width) of that latent (odd sizes are padded to the grid)
 STREAMS = "pulid_flux_streams"  # per-forward {"txt": text tokens} recorded by the double-block patches
 # transformer_options of a patched model: (token, masked) of every PuLID-FLUX application on it,
 # bottom first, and the tokens of those a later application replaced.
@@ -58,7 +59,7 @@ def grid_wrapper(executor, *args, **kwargs):
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or not isinstance(options, dict):
         return executor(*args, **kwargs)
     grid = core_flux.token_grid(x.shape[-2], x.shape[-1])
-    bound.arguments["transformer_options"] = {**options, GRID: grid, STREAMS: {}}
+    bound.arguments["transformer_options"] = {**options, GRID: grid, LATENT: tuple(x.shape[-2:]), STREAMS: {}}
     return executor(*bound.args, **bound.kwargs)
 
 
@@ -109,13 +110,14 @@ class FluxIDContext:
             check_mask_batch(self.mask.shape[0], per_chunk, node=self.node)
             # A regional prompt's chunk runs on its area of the latent: the mask of that area (run_options).
             regions = chunk_areas(options, len(chunks))
+            latent = options.get(LATENT)
             if regions is None:
-                mask = core_flux.mask_to_tokens(self.mask, grid[0], grid[1], per_chunk, img.dtype, img.device)
+                mask = core_flux.mask_to_tokens(self.mask, grid[0], grid[1], per_chunk, img.dtype, img.device, latent)
                 mask = mask.repeat(len(chunks), 1, 1)
             else:
                 mask = torch.cat([core_flux.mask_to_tokens(
                     self.mask if area is None else mask_for_area(self.mask, regions[0], area), grid[0], grid[1],
-                    per_chunk, img.dtype, img.device) for area in regions[1]])
+                    per_chunk, img.dtype, img.device, latent) for area in regions[1]])
         return core_flux.add_identity(img, self.adapter.model, ca, rows, self.weight, mask=mask)
 
 

@@ -159,11 +159,15 @@ def add_identity(
     return img + weight * delta
 
 
-def mask_to_tokens(mask: torch.Tensor, grid_h: int, grid_w: int, batch: int, dtype, device) -> torch.Tensor:
+def mask_to_tokens(mask: torch.Tensor, grid_h: int, grid_w: int, batch: int, dtype, device,
+                   latent_hw: tuple[int, int] | None = None) -> torch.Tensor:
     """A region mask [B or 1, H, W] (or [H, W]) as per-token weights [batch, grid_h * grid_w, 1].
 
     Each image token gets the mean of the mask over the area it covers (the mask resized to
-    the exact token grid), in the row-major order of FLUX's image tokens.
+    the exact token grid), in the row-major order of FLUX's image tokens. ``latent_hw``: the
+    latent's size where it is odd (padded by one pixel to the token grid): the mask is then
+    resized to the latent and each token averages its real latent pixels only (the padding
+    repeats the edge), so the last token row/column follows the image's last pixels.
     """
     if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3) or 0 in mask.shape:
         raise PuLIDError(
@@ -176,6 +180,12 @@ def mask_to_tokens(mask: torch.Tensor, grid_h: int, grid_w: int, batch: int, dty
             f"The attention mask has {mask.shape[0]} masks for a batch of {batch} latents: give one mask, "
             f"or one per latent."
         )
-    grid = F.interpolate(mask[:, None].float(), size=(grid_h, grid_w), mode="area")
+    if latent_hw is not None and tuple(latent_hw) != (grid_h * PATCH_SIZE, grid_w * PATCH_SIZE):
+        h, w = latent_hw
+        pixels = F.interpolate(mask[:, None].float(), size=(h, w), mode="area")
+        pixels = F.pad(pixels, (0, grid_w * PATCH_SIZE - w, 0, grid_h * PATCH_SIZE - h), mode="replicate")
+        grid = F.avg_pool2d(pixels, PATCH_SIZE)
+    else:
+        grid = F.interpolate(mask[:, None].float(), size=(grid_h, grid_w), mode="area")
     tokens = grid.reshape(mask.shape[0], grid_h * grid_w, 1).expand(batch, -1, -1)
     return tokens.to(device=device, dtype=dtype)

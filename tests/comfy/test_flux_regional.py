@@ -1,4 +1,4 @@
-"""PuLID-FLUX with regional prompts, found by an adversarial review (2026-11-27).
+"""PuLID-FLUX masks with regional prompts and odd latent sizes, from an adversarial review (2026-11-27).
 
 Each test asserts the behaviour the project promises (README: PuLID-FLUX, Several people) and
 fails on the code it was written against; each docstring says what happened there.
@@ -95,3 +95,27 @@ def test_each_chunk_gets_the_area_of_its_own_cond(pack):
     assert chunk_areas(options, 3) == ((16, 16), ((0, 8, 16, 8), None, (0, 0, 16, 8)))
     assert chunk_areas({"uuids": ["full"], COND_AREAS: ((16, 16), {"a": (0, 0, 16, 8)})}, 1) is None
     assert chunk_areas({"uuids": ["a", "b"], COND_AREAS: ((16, 16), {"a": (0, 0, 16, 8)})}, 3) is None
+
+
+def test_attn_mask_on_an_odd_latent_follows_its_last_pixels(tiny_flux, loaded, embeds, monkeypatch):
+    """A 9 x 13 latent runs as a 5 x 7 token grid (ComfyUI pads it): a mask that leaves out the image's
+    last latent row must leave out the last token row, which holds only that row (the mask used to be
+    stretched over the padding: 0.44 there)."""
+    from comfyui_pulid.nodes import flux_patch
+
+    seen = []
+    real_add = flux_patch.core_flux.add_identity
+
+    def add_identity(img, *args, mask=None, **kwargs):
+        seen.append(mask.detach().clone())
+        return real_add(img, *args, mask=mask, **kwargs)
+
+    monkeypatch.setattr(flux_patch.core_flux, "add_identity", add_identity)
+    person = torch.ones(1, 72, 104)
+    person[:, 64:] = 0.0
+    positive, negative = prompts()
+    sample(apply(tiny_flux, loaded, embeds, attn_mask=person), torch.zeros(1, 16, 9, 13), positive, negative)
+    assert seen
+    for mask in seen:
+        grid = mask[0, :, 0].reshape(5, 7)
+        assert torch.all(grid[4] == 0) and torch.all(grid[:4] == 1), grid

@@ -386,6 +386,22 @@ def test_mask_to_tokens_averages_each_tokens_area():
     assert flux.mask_to_tokens(mask[0], 4, 4, 2, torch.float32, "cpu").shape == (2, 16, 1)
 
 
+def test_mask_to_tokens_on_an_odd_latent_follows_the_images_last_pixels():
+    """A 9 x 13 latent is padded to a 5 x 7 token grid: the last token row holds one real latent row. A
+    mask that leaves out the image's last latent row gives that token row 0 (resized straight onto the
+    grid it got 0.44: the mask was stretched over the padding), and a full mask stays 1 everywhere."""
+    mask = torch.ones(1, 9 * 8, 13 * 8)
+    mask[:, 8 * 8 :] = 0.0  # the last latent row (8 pixels of the image) is outside
+    out = flux.mask_to_tokens(mask, 5, 7, 1, torch.float32, "cpu", latent_hw=(9, 13)).reshape(5, 7)
+    assert torch.all(out[4] == 0) and torch.all(out[:4] == 1)
+    full = flux.mask_to_tokens(torch.ones(1, 72, 104), 5, 7, 1, torch.float32, "cpu", latent_hw=(9, 13))
+    assert torch.all(full == 1)
+    # An even latent: the same as resizing onto the grid.
+    even = torch.rand(1, 64, 96, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(flux.mask_to_tokens(even, 4, 6, 1, torch.float32, "cpu", latent_hw=(8, 12)),
+                          flux.mask_to_tokens(even, 4, 6, 1, torch.float32, "cpu"))
+
+
 def test_mask_to_tokens_rejects():
     with pytest.raises(PuLIDError, match="2 masks for a batch of 3"):
         flux.mask_to_tokens(torch.zeros(2, 8, 8), 4, 4, 3, torch.float32, "cpu")
