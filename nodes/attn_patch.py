@@ -21,11 +21,13 @@ import functools
 import inspect
 import logging
 import threading
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 
 from ..pulid_core.attention import id_attention_prepared, prepare_id_kv, select_rows
+from ..pulid_core.layers import MODULE_INDEX_BY_COMFY_KEY
 from ..pulid_core.options import check_mask_batch, mask_for_area
 from ..pulid_core.rows import batch_rows
 from .run_options import chunk_areas
@@ -59,6 +61,47 @@ def attention_call(q, k, v, heads, extra_options):
     return fn(q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
 
 
+class _Recent:
+    """A mapping that keeps its ``limit`` most recently used entries (ComfyUI keeps a patched model
+    loaded across queue runs, so a cache keyed by shapes would otherwise grow with every new latent
+    size or batch). Thread-safe; a hit costs one lock and one move."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, default=None):
+        with self._lock:
+            value = self._items.get(key, default)
+            if key in self._items:
+                self._items.move_to_end(key)
+            return value
+
+    def __setitem__(self, key, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.limit:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def values(self):
+        return list(self._items.values())
+
+    def keep(self, predicate) -> None:
+        with self._lock:
+            for key in [k for k in self._items if not predicate(k)]:
+                del self._items[key]
+
+
+# How many recent shapes the caches keep: a 1024² SDXL step has 2 layer shapes (3 with a regional
+# prompt's crop), each with one cond/uncond pattern; a few more serve a graph that alternates sizes.
+RECENT_SHAPES = 4
+
+
 class IDContext:
     """Everything one PuLID application injects, shared by its 70 layer patches.
 
@@ -80,9 +123,9 @@ class IDContext:
         self.mask = mask
         # Caches of pure functions of the fields above. Filling one twice from two threads
         # computes the same value twice; a dict assignment is atomic, so no lock is needed.
-        self._kv: dict = {}
-        self._rows: dict = {}
-        self._masks: dict = {}
+        self._kv: dict = {}  # per (layer, device, dtype): bounded by the model's devices and dtypes
+        self._rows = _Recent(RECENT_SHAPES * len(MODULE_INDEX_BY_COMFY_KEY))  # per layer and batch pattern
+        self._masks = _Recent(2 * RECENT_SHAPES)  # per token grid and batch pattern
         # Scratch buffers of the CPU path, reused across calls (one set per thread and shape).
         self._workspaces: dict = {}
 
@@ -126,13 +169,21 @@ class IDContext:
             return keep_cpu and device == "cpu"
 
         self._kv = {k: v for k, v in self._kv.items() if keep(k[1])}
-        self._rows = {k: v for k, v in self._rows.items() if keep(k[4])}
-        self._masks = {k: v for k, v in self._masks.items() if keep(k[4])}
+        self._rows.keep(lambda k: keep(k[4]))
+        self._masks.keep(lambda k: keep(k[4]))
         self._workspaces = {}
 
-    def workspace(self) -> dict:
-        """This thread's scratch buffers for :func:`id_attention_prepared`."""
-        return self._workspaces.setdefault(threading.get_ident(), {})
+    def workspace(self, shape) -> dict:
+        """This thread's scratch buffers for :func:`id_attention_prepared` on activations of ``shape``
+        (batch, tokens, width, device, dtype): one set per shape, for the RECENT_SHAPES last ones."""
+        recent = self._workspaces.get(threading.get_ident())
+        if recent is None:
+            recent = self._workspaces[threading.get_ident()] = _Recent(RECENT_SHAPES)
+        buffers = recent.get(shape)
+        if buffers is None:
+            buffers = {}
+            recent[shape] = buffers
+        return buffers
 
     def mask_rows(self, extra_options, batch_per_chunk: int, chunks: int, device, dtype):
         """The mask at this layer's exact token grid, [chunks*batch, N, 1], or None (cached)."""
@@ -182,7 +233,8 @@ class IDAttnPatch:
         mask = ctx.mask_rows(extra_options, batch // chunks, chunks, q.device, q.dtype)
         # Into base in place only when it is ComfyUI's new attention output: an upstream patch
         # may return a tensor it keeps (a cache).
-        return id_attention_prepared(base, q, kv, ctx.projection, mask=mask, workspace=ctx.workspace(),
+        workspace = ctx.workspace((*q.shape, str(q.device), q.dtype))
+        return id_attention_prepared(base, q, kv, ctx.projection, mask=mask, workspace=workspace,
                                      inplace=self.upstream is None)
 
     # -- ModelPatcher lifecycle -------------------------------------------------

@@ -30,6 +30,7 @@ from ..pulid_core.photomaker.lora import comfy_lora_state_dict, lora_patches
 from ..pulid_core.photomaker.preprocess import preprocess_id_images
 from ..pulid_core.photomaker.prompt import CLIP_EOS, check_trigger, expand_class_tokens
 from . import folders
+from .comfy_compat import offload_model
 from .loaders import PuLIDInsightFaceLoader
 from .types import FaceAnalysis, check_inputs, display_name
 
@@ -276,16 +277,19 @@ def face_embeddings(face_analysis, images) -> torch.Tensor:
 
 def fuse_prompt(photomaker, pixels, cond, mask, id_embeds=None) -> torch.Tensor:
     """Run the ID encoder (loaded by ComfyUI) in fp32 and fuse it into ``cond`` at the mask positions."""
-    comfy.model_management.load_models_gpu([photomaker])
-    device = photomaker.load_device
-    with torch.no_grad():
-        out = photomaker.model.fuse(
-            pixels.to(device=device, dtype=torch.float32).unsqueeze(0),
-            cond.to(device=device, dtype=torch.float32),
-            torch.tensor(mask, dtype=torch.bool, device=device),
-            None if id_embeds is None else id_embeds.to(device=device, dtype=torch.float32),
-        )
-    return out.to(device=comfy.model_management.intermediate_device(), dtype=cond.dtype)
+    try:
+        comfy.model_management.load_models_gpu([photomaker])
+        device = photomaker.load_device
+        with torch.no_grad():
+            out = photomaker.model.fuse(
+                pixels.to(device=device, dtype=torch.float32).unsqueeze(0),
+                cond.to(device=device, dtype=torch.float32),
+                torch.tensor(mask, dtype=torch.bool, device=device),
+                None if id_embeds is None else id_embeds.to(device=device, dtype=torch.float32),
+            )
+        return out.to(device=comfy.model_management.intermediate_device(), dtype=cond.dtype)
+    finally:
+        offload_model(photomaker)  # a run-once encoder: its memory back right away (errors included)
 
 
 def style_boundary(style_strength: float) -> float | None:

@@ -133,18 +133,23 @@ def encode_faces(adapter: PuLIDAdapter, eva: EvaClipModel, face_pipeline, image,
     except PuLIDError as exc:
         raise PuLIDError(f"{node}: {exc}") from exc
 
-    mm.load_models_gpu([eva.patcher], force_full_load=True)
-    id_cond, hidden = id_cond_from(prepared, eva.patcher.model, device=eva.patcher.load_device,
-                                   dtype=torch.float32)
-    _offload(eva.patcher)
+    # Offloaded in `finally`: an error midway (a CUDA fault, Cancel) leaves nothing loaded either.
+    try:
+        mm.load_models_gpu([eva.patcher], force_full_load=True)
+        id_cond, hidden = id_cond_from(prepared, eva.patcher.model, device=eva.patcher.load_device,
+                                       dtype=torch.float32)
+    finally:
+        _offload(eva.patcher)
     bar.update_absolute(len(images) + 1)
 
     model = adapter.model
-    mm.load_models_gpu([adapter.patcher], force_full_load=True)
-    device = adapter.patcher.load_device
-    cond, uncond = encode_identity(model, id_cond.to(device), [h.to(device) for h in hidden], combine=combine,
-                                   uncond_noise=noise)
-    _offload(adapter.patcher)
+    try:
+        mm.load_models_gpu([adapter.patcher], force_full_load=True)
+        device = adapter.patcher.load_device
+        cond, uncond = encode_identity(model, id_cond.to(device), [h.to(device) for h in hidden], combine=combine,
+                                       uncond_noise=noise)
+    finally:
+        _offload(adapter.patcher)
     bar.update_absolute(len(images) + 2)
     out = mm.intermediate_device()
     embeds = IDEmbeds(model.version, cond.float().to(out), uncond.float().to(out), len(prepared),

@@ -76,6 +76,8 @@ def check_mask(mask, *, node: str, input_name: str = "attn_mask"):
             f"{_where(node, input_name)} must be a MASK ([H, W] or [batch, H, W]); got "
             f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}."
         )
+    if mask.ndim == 4 and mask.shape[-1] == 1 and mask.shape[1] != 1:
+        mask = mask[..., 0]  # channel-last [B, H, W, 1] (cubiq's ApplyPulid squeezed it the same way)
     mask = mask if mask.ndim == 3 else mask.reshape(-1, *mask.shape[-2:])
     if not mask.is_floating_point():
         mask = mask.float()

@@ -161,7 +161,16 @@ def main(argv=None) -> int:
         log.info("starting ComfyUI (about a minute)")
         server.wait_ready()
         prompt = comfy_harness.to_api(graph, server.object_info())
-        stand_ins = comfy_harness.stand_in_missing_models(prompt, models, overlay)
+        users = []
+        stand_ins = comfy_harness.stand_in_missing_models(prompt, models, overlay, found=users)
+        tiny_bases = [s for s in stand_ins if "-> tiny SDXL" in s or "-> tiny FLUX" in s]
+        if tiny_bases and users:
+            # The tiny base model cannot run full-size adapters: refuse instead of failing midway.
+            log.error("the workflow's base model is missing from %s:\n  %s\nwhile these model files are yours "
+                      "(full size):\n  %s\nThe tiny stand-in model only runs tiny stand-ins: add the base model "
+                      "to %s, or run without --models (everything tiny).", models, "\n  ".join(tiny_bases),
+                      "\n  ".join(users), models)
+            return 1
         if stand_ins:
             # Tiny stand-ins only fit the tiny SDXL: then the whole graph runs tiny.
             comfy_harness.use_tiny_checkpoints(prompt)

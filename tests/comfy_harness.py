@@ -27,7 +27,11 @@ REPO = Path(__file__).resolve().parent.parent
 TESTPACK = REPO / "tests" / "comfy_testpack"
 PACK_NAME = "comfyui-pulid"
 # Model folder keys the graphs of this pack read.
-MODEL_KEYS = ("checkpoints", "diffusion_models", "loras", "pulid", "eva_clip", "insightface", "facexlib", "photomaker", "pulid_embeds",
+# (ComfyUI's legacy names unet and clip map to diffusion_models and text_encoders; the rest are the
+# other model folders of a ComfyUI models folder, so that --models exposes all of it.)
+MODEL_KEYS = ("checkpoints", "diffusion_models", "unet", "clip", "loras", "pulid", "eva_clip", "insightface",
+              "facexlib", "photomaker", "pulid_embeds", "controlnet", "clip_vision", "upscale_models", "embeddings",
+              "style_models", "gligen", "hypernetworks", "vae_approx", "model_patches", "ipadapter", "instantid",
               "text_encoders", "vae")
 
 
@@ -132,12 +136,11 @@ class ComfyServer:
             raise RuntimeError("ComfyUI not found: run scripts/setup_env.sh or set COMFYUI_DIR")
         self.base = Path(tempfile.mkdtemp(prefix="pulid-comfy-"))
         self.tree = self.base / "ComfyUI"
-        shutil.copytree(root, self.tree, ignore=shutil.ignore_patterns("extra_model_paths.yaml", ".complete"),
-                        symlinks=True)
+        shutil.copytree(root, self.tree, ignore=_tree_ignore(root), symlinks=True)
         # ComfyUI >= 0.33 keeps its database in <tree>/user and logs an error when it is missing.
-        (self.tree / "user").mkdir(exist_ok=True)
+        for folder in ("user", "custom_nodes", "input"):
+            (self.tree / folder).mkdir(exist_ok=True)
         custom = self.tree / "custom_nodes"
-        custom.mkdir(exist_ok=True)
         (custom / PACK_NAME).symlink_to(REPO, target_is_directory=True)
         if with_testpack:
             (custom / "pulid_testpack").symlink_to(TESTPACK, target_is_directory=True)
@@ -213,7 +216,7 @@ class ComfyServer:
         """Queue ``prompt``; progress events go to the websocket of ``client_id``."""
         status, body = self.post("/prompt", {"prompt": prompt, "client_id": client_id or uuid.uuid4().hex})
         if status != 200:
-            raise RuntimeError(f"/prompt refused the graph ({status}): {json.dumps(body, indent=1)[:4000]}")
+            raise RuntimeError(f"ComfyUI refused the graph ({status}): {refusal(body)}")
         return body["prompt_id"]
 
     def wait_history(self, prompt_id: str, timeout: float = 600.0) -> dict:
@@ -242,6 +245,26 @@ class ComfyServer:
         return files
 
 
+def _tree_ignore(root: Path):
+    """copytree's ignore for the server's copy of a ComfyUI tree (COMFYUI_DIR may be a user's install):
+    the code and models/configs only. Not its model files (reached through extra_model_paths), its
+    other custom nodes (ComfyUI-Manager would go online; cubiq's pack would take the legacy ids), its
+    inputs, outputs, user data, git or virtual environments."""
+    root = os.path.abspath(root)
+    top = {"custom_nodes", "input", "output", "temp", "user", ".git", "venv", ".venv"}
+
+    def ignore(directory, names):
+        skip = {n for n in names if n in ("extra_model_paths.yaml", ".complete", "__pycache__")}
+        parts = os.path.relpath(directory, root).split(os.sep)
+        if parts == ["."]:
+            skip |= {n for n in names if n in top}
+        elif parts[0] == "models" and parts[1:2] != ["configs"]:
+            skip |= {n for n in names if not os.path.isdir(os.path.join(directory, n))}
+        return skip
+
+    return ignore
+
+
 def write_extra_model_paths(yaml: Path, models_dirs, make_dirs_in=()) -> None:
     """An extra_model_paths.yaml adding each ``models`` layout under every key of MODEL_KEYS."""
     make = {Path(d).resolve() for d in make_dirs_in}
@@ -254,6 +277,20 @@ def write_extra_model_paths(yaml: Path, models_dirs, make_dirs_in=()) -> None:
                 (base / key).mkdir(parents=True, exist_ok=True)
             lines.append(f"  {key}: {key}")
     Path(yaml).write_text("\n".join(lines) + "\n")
+
+
+def refusal(body: dict) -> str:
+    """ComfyUI's /prompt refusal on one line: each failing node (class, id) and its errors, else the error."""
+    parts = []
+    for node_id, info in (body.get("node_errors") or {}).items():
+        errors = "; ".join(f"{e.get('message', '')}: {e.get('details', '')}".rstrip(": ")
+                           for e in info.get("errors", []))
+        parts.append(f"{info.get('class_type', '?')} (node {node_id}): {errors}")
+    if not parts:
+        error = body.get("error") or {}
+        parts.append(f"{error.get('message', '')} {error.get('details', '')}".strip() if isinstance(error, dict)
+                     else str(error))
+    return " | ".join(p for p in parts if p) or json.dumps(body)[:2000]
 
 
 def execution_error(entry: dict) -> str | None:
@@ -316,28 +353,47 @@ def _is_checkpoint_loader(node: dict) -> bool:
     return node["class_type"] in CHECKPOINT_LOADERS
 
 
+# ComfyUI reads these folders under their legacy names too (folder_paths.map_legacy).
+FOLDER_ALIASES = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders": ("text_encoders", "clip")}
+
+
 def _model_present(models: Path, folder: str, name: str) -> bool:
-    base = Path(models) / folder
-    # InsightFace packs live in <insightface>/models/<pack>.
-    return (base / name).exists() or (folder == "insightface" and (base / "models" / name).is_dir())
+    for alias in FOLDER_ALIASES.get(folder, (folder,)):
+        base = Path(models) / alias
+        # InsightFace packs live in <insightface>/models/<pack>.
+        if (base / name).exists() or (folder == "insightface" and (base / "models" / name).is_dir()):
+            return True
+    return False
 
 
 def _model_file(models: Path, folder: str, name: str) -> bool:
-    path = Path(models) / folder / name
-    return path.is_file() and path.stat().st_size > 0  # empty: a test placeholder
+    for alias in FOLDER_ALIASES.get(folder, (folder,)):
+        path = Path(models) / alias / name
+        if path.is_file() and path.stat().st_size > 0:  # empty: a test placeholder
+            return True
+    return False
 
 
-def stand_in_missing_models(prompt: dict, models: Path, overlay: Path) -> list[str]:
-    """Replace what ``models`` lacks by tiny stand-ins (files in ``overlay``); returns what was replaced."""
+FACE_LOADERS = ("PuLIDInsightFaceLoader", "PulidInsightFaceLoader")
+
+
+def stand_in_missing_models(prompt: dict, models: Path, overlay: Path, found: list | None = None) -> list[str]:
+    """Replace what ``models`` lacks by tiny stand-ins (files in ``overlay``); returns what was replaced.
+    ``found`` (a list) collects the "folder/name" of the user's own files the graph uses."""
     from comfy_testpack.stand_ins import WRITERS
     from comfy_testpack.stand_ins_flux import FILES, tiny_flux_swaps
-    from comfy_testpack.stand_ins_pulid import IMPLICIT, IMPLICIT_WRITERS
+    from comfy_testpack.stand_ins_pulid import FACEXLIB_WRITERS, IMPLICIT, IMPLICIT_WRITERS
 
     replaced = []
     flux = tiny_flux_swaps(prompt)
+    found = [] if found is None else found
+    # The legacy EVA-CLIP loader takes any file of models/eva_clip (nodes.legacy.default_eva_file).
+    implicit_ids = {i for i, n in prompt.items() if n["class_type"] == "PulidEvaClipLoader"}
 
     def ensure(folder, name, write, node_id):
-        if _model_present(models, folder, name):
+        if _model_present(models, folder, name) or (
+                folder == "eva_clip" and node_id in implicit_ids and _any_file(Path(models) / folder)):
+            found.append(f"{folder}/{name}")
             return
         target = Path(overlay) / folder / name
         if not _model_present(overlay, folder, name):
@@ -355,19 +411,26 @@ def stand_in_missing_models(prompt: dict, models: Path, overlay: Path) -> list[s
             continue
         if _is_checkpoint_loader(node):
             folder, name = CHECKPOINT_LOADERS[node["class_type"]]
-            ckpt = Path(models) / folder / node["inputs"].get(name, "")
-            if not ckpt.is_file() or not ckpt.stat().st_size:  # empty: a test placeholder
+            value = node["inputs"].get(name, "")
+            if not _model_file(models, folder, value):
                 use_tiny_checkpoints({node_id: node})
-                replaced.append(f"{folder}/{ckpt.name} -> tiny SDXL (node {node_id})")
+                replaced.append(f"{folder}/{value} -> tiny SDXL (node {node_id})")
             continue
         if node["class_type"] in IMPLICIT:
             folder, name = IMPLICIT[node["class_type"]]
             ensure(folder, name, IMPLICIT_WRITERS[folder], node_id)
+        if node["class_type"] in FACE_LOADERS:  # facexlib's two files, read by every face loader
+            for name, write in FACEXLIB_WRITERS.items():
+                ensure("facexlib", name, write, node_id)
         for name, value in node["inputs"].items():
             entry = WRITERS.get((node["class_type"], name))
             if entry is not None and isinstance(value, str):
                 ensure(entry[0], value, entry[1], node_id)
     return replaced
+
+
+def _any_file(folder: Path) -> bool:
+    return folder.is_dir() and any(p.is_file() and p.stat().st_size > 0 for p in folder.iterdir())
 
 
 def shrink_for_tiny_models(prompt: dict, size: int = 128, max_steps: int = 4) -> None:

@@ -125,6 +125,23 @@ def write_tiny_embeds(path: Path) -> None:
                                             "images": "1", "combine": "average", "extra": "{}"})
 
 
+def _write_retinaface(path: Path) -> None:
+    from tests.unit import face_models
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(face_models.retinaface_state_dict(), path)
+
+
+def _write_bisenet(path: Path) -> None:
+    from tests.unit import face_models
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(face_models.bisenet_state_dict(), path)
+
+
+# facexlib's files, which every face loader reads from models/facexlib (no input names them).
+FACEXLIB_WRITERS = {"detection_Resnet50_Final.pth": _write_retinaface, "parsing_bisenet.pth": _write_bisenet}
+
 # Loaders without a file input (cubiq's ids) and the (folder, name) they look for.
 IMPLICIT = {
     "PulidInsightFaceLoader": ("insightface", "antelopev2"),

@@ -1,6 +1,5 @@
 """scripts/run_workflow.py without starting ComfyUI: argument checks, the user's files, the log, progress."""
 
-import importlib.util
 import json
 import logging
 import sys
@@ -10,70 +9,15 @@ from pathlib import Path
 import pytest
 
 import comfy_harness
+from tests.runner_fakes import install, run_workflow
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("run_workflow", ROOT / "scripts" / "run_workflow.py")
-run_workflow = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(run_workflow)
-
 SMOKE = ROOT / "workflows" / "smoke_txt2img.json"
-
-
-class FakeServer:
-    """Stands in for comfy_harness.ComfyServer: writes its yaml like the real one, serves one PNG."""
-
-    instances = []
-    fail_start = False
-
-    def __init__(self, models_dirs=(), make_dirs_in=None, **kwargs):
-        self.base = Path(FakeServer.tmp) / f"base{len(FakeServer.instances)}"
-        (self.base / "output").mkdir(parents=True)
-        self.input_dir = self.base / "input"
-        self.port = 1
-        self.log_path = self.base / "server.log"
-        self.log_path.write_text("ComfyUI log line\nTraceback: the real cause\n")
-        comfy_harness.write_extra_model_paths(self.base / "extra.yaml", models_dirs,
-                                              models_dirs if make_dirs_in is None else make_dirs_in)
-        self.queued = []
-        FakeServer.instances.append(self)
-
-    def wait_ready(self):
-        if FakeServer.fail_start:
-            raise RuntimeError("ComfyUI exited with 1:\n...")
-
-    def object_info(self):
-        return {}
-
-    def queue(self, prompt, client_id=None):
-        self.queued.append(prompt)
-        return "id"
-
-    def wait_history(self, prompt_id):
-        png = self.base / "output" / "ComfyUI_00001_.png"
-        png.write_bytes(f"image of run {len(FakeServer.instances)}".encode())
-        return {"outputs": {}}
-
-    def output_files(self, entry):
-        return sorted((self.base / "output").glob("*.png"))
-
-    def stop(self):
-        pass
-
-    def cleanup(self):
-        pass
 
 
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
-    FakeServer.instances = []
-    FakeServer.fail_start = False
-    FakeServer.tmp = tmp_path / "servers"
-    monkeypatch.setattr(comfy_harness, "ComfyServer", FakeServer)
-    monkeypatch.setattr(comfy_harness, "comfyui_dir", lambda: tmp_path / "comfyui")
-    monkeypatch.setattr(comfy_harness, "to_api", lambda graph, info: {"1": {"class_type": "SaveImage", "inputs": {}}})
-    monkeypatch.setattr(comfy_harness, "provide_input_images", lambda prompt, folder, image: None)
-    monkeypatch.setattr(run_workflow, "follow_progress", lambda server, client_id: types.SimpleNamespace(set=lambda: None))
-    return FakeServer
+    return install(monkeypatch, tmp_path, {"1": {"class_type": "SaveImage", "inputs": {}}})
 
 
 @pytest.fixture
