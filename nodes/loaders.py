@@ -18,7 +18,7 @@ from comfy_api.latest import io
 from ..pulid_core.options import ALIGNMENTS, PRECISIONS, PROVIDERS, check_choice
 from . import folders
 from .comfy_compat import offload_model
-from .types import EvaClip, FaceAnalysis, PuLID, check_inputs, display_name
+from .types import EvaClip, FaceAnalysis, PuLID, check_inputs, display_name, shown_name
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class PuLIDModelLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PuLIDModelLoader",
-            display_name="Load PuLID Model",
+            display_name=shown_name("Load PuLID Model"),
             category="pulid",
             description="Loads a PuLID adapter from models/pulid: SDXL (v1 or v1.1, official or "
                         "IPAdapter-format file) or FLUX.1 (pulid_flux_v0.9.1 / v0.9.0). The version is "

@@ -29,7 +29,7 @@ from .attn_patch import IDAttnPatch, IDContext
 from .comfy_compat import offload_model
 from .loaders import EvaClipModel, PuLIDAdapter, PuLIDEvaClipLoader, PuLIDInsightFaceLoader, PuLIDModelLoader
 from .run_options import bind_run_options
-from .types import EvaClip, FaceAnalysis, PuLID, check_inputs, display_name
+from .types import EvaClip, FaceAnalysis, PuLID, check_inputs, display_name, shown_name
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class PuLIDApply(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PuLIDApply",
-            display_name="Apply PuLID",
+            display_name=shown_name("Apply PuLID"),
             category="pulid",
             description="Injects the identity of the face in `image` into every cross-attention layer of an "
                         "SDXL model (PuLID v1 or v1.1, the authors' math).",

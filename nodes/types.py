@@ -20,6 +20,23 @@ FaceAnalysis = io.Custom("FACEANALYSIS")
 PuLIDEmbeds = io.Custom("PULID_EMBEDS")
 
 
+# cubiq/PuLID_ComfyUI (archived) shows these names in the same "pulid" category; next to it, the
+# pack's nodes of the same name get a suffix, so that the node library and search tell them apart.
+CUBIQ_NAMES = ("Load PuLID Model", "Apply PuLID")
+
+
+@functools.cache
+def _beside_cubiq() -> bool:
+    from . import cubiq_pack_installed  # fixed for a ComfyUI process: custom nodes load at start-up
+
+    return cubiq_pack_installed()
+
+
+def shown_name(name: str) -> str:
+    """``name``, or ``name (comfyui-pulid)`` where cubiq's pack, installed beside, shows the same name."""
+    return f"{name} (comfyui-pulid)" if name in CUBIQ_NAMES and _beside_cubiq() else name
+
+
 @functools.cache
 def display_name(node_cls) -> str:
     """The name the user sees on a node, from its schema (error messages use it)."""

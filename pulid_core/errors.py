@@ -11,3 +11,7 @@ class ModelFileError(PuLIDError):
 
 class FaceNotFoundError(PuLIDError):
     """No usable face in a reference image."""
+
+
+class UnalignableFaceError(FaceNotFoundError):
+    """A detected face whose five landmarks cannot be aligned (degenerate): no usable face either."""

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import PuLIDError
+from ..errors import PuLIDError, UnalignableFaceError
 
 # facexlib FaceRestoreHelper's 5-point template for a 512x512 FFHQ crop.
 FFHQ_TEMPLATE_512 = np.array(
@@ -66,7 +66,7 @@ def align_ffhq(image_bgr: np.ndarray, landmarks5, size: int = FFHQ_SIZE) -> tupl
     template = FFHQ_TEMPLATE_512 * (size / 512.0)
     affine, _ = cv2.estimateAffinePartial2D(lmk, template, method=cv2.LMEDS)
     if affine is None:
-        raise PuLIDError(
+        raise UnalignableFaceError(
             "Could not align the face: its five landmarks are degenerate (collinear or identical)."
         )
     crop = cv2.warpAffine(
@@ -105,7 +105,7 @@ def similarity_umeyama(src, dst) -> np.ndarray:
     u, sing, vt = np.linalg.svd(cov)
     # The rank from the singular values, with numpy's matrix_rank tolerance in float64 epsilon.
     if np.count_nonzero(sing > sing.max() * 2 * np.finfo(float).eps) < 2:
-        raise PuLIDError("Could not align the face: its five landmarks are collinear or identical.")
+        raise UnalignableFaceError("Could not align the face: its five landmarks are collinear or identical.")
     rot = u @ np.diag(signs) @ vt  # eqs. 40, 43 (float64 from here on)
     scale = 1.0 / src_c.var(axis=0).sum() * (sing @ signs)  # eqs. 41, 42
     out = np.empty((2, 3), dtype=np.float64)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import FaceNotFoundError, PuLIDError
+from ..errors import FaceNotFoundError, PuLIDError, UnalignableFaceError
 from .align import EVA_SIZE, align_ffhq, face_features, normalize_for_eva
 from .image import split_images, to_uint8_rgb
 
@@ -142,38 +142,46 @@ class FacePipeline:
         faces = self.analyzer.detect(bgr, embed=False)
         marks = self.facexlib.landmarks(bgr) if self.alignment == "retinaface" else []
 
-        used_fallback = False
-        if faces:
-            face = faces[select_face(np.stack([f.bbox for f in faces]), (w, h), selection, index)]
-            embedding = self.analyzer.embed(bgr, face)
-            bbox, kps, score, alignment = face.bbox, face.kps, face.det_score, "insightface"
-            if self.alignment == "retinaface":
-                if marks:
-                    iou = box_iou(face.bbox, np.stack([m[0] for m in marks]))
-                    best = int(np.argmax(iou))
-                    if iou[best] >= MATCH_IOU:
-                        kps, alignment = marks[best][1], "retinaface"
-                if alignment != "retinaface":
-                    log.warning(
-                        "%s: RetinaFace did not find the selected face; aligning it with InsightFace's "
-                        "keypoints instead.",
-                        _where(index),
-                    )
-        elif marks:
-            # Official v1.1 fallback: embed the FFHQ crop when SCRFD finds nothing.
-            bbox, kps, score = marks[select_face(np.stack([m[0] for m in marks]), (w, h), selection, index)]
-            alignment, used_fallback = "retinaface", True
-        else:
-            skip_hint = "" if index is None else ", or set on_no_face to 'skip' to drop such images"
-            raise FaceNotFoundError(
-                f"No face found in {_where(index).lower()} ({w}x{h} px). Use a closer crop where the face is "
-                f"large, frontal and well lit{skip_hint}."
-            )
+        skip_hint = "" if index is None else ", or set on_no_face to 'skip' to drop such images"
+        try:
+            used_fallback = False
+            if faces:
+                face = faces[select_face(np.stack([f.bbox for f in faces]), (w, h), selection, index)]
+                embedding = self.analyzer.embed(bgr, face)
+                bbox, kps, score, alignment = face.bbox, face.kps, face.det_score, "insightface"
+                if self.alignment == "retinaface":
+                    if marks:
+                        iou = box_iou(face.bbox, np.stack([m[0] for m in marks]))
+                        best = int(np.argmax(iou))
+                        if iou[best] >= MATCH_IOU:
+                            kps, alignment = marks[best][1], "retinaface"
+                    if alignment != "retinaface":
+                        log.warning(
+                            "%s: RetinaFace did not find the selected face; aligning it with InsightFace's "
+                            "keypoints instead.",
+                            _where(index),
+                        )
+            elif marks:
+                # Official v1.1 fallback: embed the FFHQ crop when SCRFD finds nothing.
+                bbox, kps, score = marks[select_face(np.stack([m[0] for m in marks]), (w, h), selection, index)]
+                alignment, used_fallback = "retinaface", True
+            else:
+                raise FaceNotFoundError(
+                    f"No face found in {_where(index).lower()} ({w}x{h} px). Use a closer crop where the face is "
+                    f"large, frontal and well lit{skip_hint}."
+                )
 
-        crop, _ = align_ffhq(bgr, kps)
-        if used_fallback:
-            embedding = self.analyzer.embed_aligned(crop)
-            log.info("%s: InsightFace found no face; embedding taken from the aligned crop.", _where(index))
+            crop, _ = align_ffhq(bgr, kps)
+            if used_fallback:
+                embedding = self.analyzer.embed_aligned(crop)
+                log.info("%s: InsightFace found no face; embedding taken from the aligned crop.", _where(index))
+        except UnalignableFaceError as exc:
+            # A face whose five landmarks are degenerate cannot be cropped: as unusable as no face.
+            why = str(exc).split(": ", 1)[-1].rstrip(".")
+            raise UnalignableFaceError(
+                f"{_where(index)} ({w}x{h} px): its face could not be aligned ({why}). Use a sharper, more "
+                f"frontal photo where the whole face is visible{skip_hint}."
+            ) from exc
 
         features = eva = None
         if self.facexlib is not None:
