@@ -51,21 +51,27 @@ def _analyzer(root, faces):
     return load_face_analysis(root)
 
 
-def test_degenerate_retinaface_landmarks_name_the_photo(loaded, tmp_path):
-    """Photo 0 is fine, photo 1's RetinaFace landmarks are degenerate (InsightFace finds no face,
-    so the official fallback aligns with RetinaFace's)."""
-    from comfyui_pulid.nodes.embeds import PuLIDEncodeFace
-    from comfyui_pulid.pulid_core.errors import PuLIDError
+def _good_then_degenerate(root):
+    """A face pipeline where InsightFace finds no face (the RetinaFace fallback aligns) and RetinaFace gives
+    photo 0 good landmarks and photo 1 five identical ones."""
     from comfyui_pulid.pulid_core.face import FacePipeline
 
     from tests.unit.face_models import kps_for_box
 
     kps, _ = kps_for_box(BOX)
-    good = [(BOX, kps, 0.99)]
-    bad = [(BOX, np.tile(kps[:1], (5, 1)), 0.99)]
-    pipe = FacePipeline(_analyzer(str(tmp_path), []), StubXLib([good, bad]), alignment="retinaface")
+    good, bad = [(BOX, kps, 0.99)], [(BOX, np.tile(kps[:1], (5, 1)), 0.99)]
+    return FacePipeline(_analyzer(str(root), []), StubXLib([good, bad]), alignment="retinaface")
+
+
+def test_degenerate_retinaface_landmarks_name_the_photo(loaded, tmp_path):
+    """Photo 0 is fine, photo 1's RetinaFace landmarks are degenerate (InsightFace finds no face,
+    so the official fallback aligns with RetinaFace's)."""
+    from comfyui_pulid.nodes.embeds import PuLIDEncodeFace
+    from comfyui_pulid.pulid_core.errors import PuLIDError
+
     with pytest.raises(PuLIDError) as err:
-        PuLIDEncodeFace.execute(loaded["v1"], loaded["eva"], pipe, _images(2), "largest", 0, "error", "average")
+        PuLIDEncodeFace.execute(loaded["v1"], loaded["eva"], _good_then_degenerate(tmp_path), _images(2), "largest",
+                                0, "error", "average")
     message = str(err.value)
     assert message.startswith("Encode Face (PuLID):")
     # Was: "Encode Face (PuLID): Could not align the face: its five landmarks are degenerate
@@ -95,14 +101,7 @@ def test_degenerate_insightface_keypoints_name_the_photo(loaded, tmp_path):
 def test_an_unalignable_face_is_skipped_like_a_missing_one(loaded, tmp_path):
     """on_no_face 'skip' drops a photo whose face cannot be aligned, as one without a face."""
     from comfyui_pulid.nodes.embeds import PuLIDEncodeFace
-    from comfyui_pulid.pulid_core.face import FacePipeline
 
-    from tests.unit.face_models import kps_for_box
-
-    kps, _ = kps_for_box(BOX)
-    good = [(BOX, kps, 0.99)]
-    bad = [(BOX, np.tile(kps[:1], (5, 1)), 0.99)]
-    pipe = FacePipeline(_analyzer(str(tmp_path), []), StubXLib([good, bad]), alignment="retinaface")
-    embeds = PuLIDEncodeFace.execute(loaded["v1"], loaded["eva"], pipe, _images(2), "largest", 0, "skip",
-                                     "average").result[0]
+    embeds = PuLIDEncodeFace.execute(loaded["v1"], loaded["eva"], _good_then_degenerate(tmp_path), _images(2),
+                                     "largest", 0, "skip", "average").result[0]
     assert embeds.images == 1
