@@ -122,7 +122,7 @@ class IDContext:
         self.gate = SigmaGate(sigma_start, sigma_end, schedule)
         self.mask = mask
         # Caches of pure functions of the fields above. Filling one twice from two threads
-        # computes the same value twice; a dict assignment is atomic, so no lock is needed.
+        # computes the same value twice; the bounded ones (_Recent) take a lock for their order.
         self._kv: dict = {}  # per (layer, device, dtype): bounded by the model's devices and dtypes
         self._rows = _Recent(RECENT_SHAPES * len(MODULE_INDEX_BY_COMFY_KEY))  # per layer and batch pattern
         self._masks = _Recent(2 * RECENT_SHAPES)  # per token grid and batch pattern
@@ -198,13 +198,12 @@ class IDContext:
             # The latent batch is first known here: a mask per image or one for all, never a silent mask[0].
             check_mask_batch(self.mask.shape[0], batch_per_chunk, node=self.node)
             areas = regions[1] if regions is not None else (None,) * chunks
-            rows = []
+            by_area = {}
             for area in dict.fromkeys(areas):  # each distinct area once
                 mask = self.mask if area is None else mask_for_area(self.mask, regions[0], area)
                 mask = F.interpolate(mask.to(device=device, dtype=torch.float32)[:, None], size=(height, width),
                                      mode="bilinear", align_corners=False)
-                rows.append((area, mask.reshape(mask.shape[0], height * width, 1).expand(batch_per_chunk, -1, -1)))
-            by_area = dict(rows)
+                by_area[area] = mask.reshape(mask.shape[0], height * width, 1).expand(batch_per_chunk, -1, -1)
             cached = self._masks[key] = torch.cat([by_area[a] for a in areas]).to(dtype)
         return cached
 

@@ -156,7 +156,7 @@ class PuLIDModel(_IDEncoding):
     def __init__(self, version: str, shapes: Mapping, depth: int = 0, operations=None):
         super().__init__()
         operations = operations or default_ops
-        shapes = shapes if isinstance(shapes, Shapes) else Shapes(shapes)
+        shapes = Shapes.of(shapes)
         enc_shapes = shapes.sub(ENCODER)
         self.version = version
         if version == "v1":
@@ -252,7 +252,7 @@ class PuLIDFluxModel(_IDEncoding):
     def __init__(self, shapes: Mapping, depth: int, operations=None):
         super().__init__()
         operations = operations or default_ops
-        shapes = shapes if isinstance(shapes, Shapes) else Shapes(shapes)
+        shapes = Shapes.of(shapes)
         enc_shapes = shapes.sub(FLUX_ENCODER)
         self.pulid_encoder = IDFormer(enc_shapes, depth, operations)
         self.context_dim = self.pulid_encoder.context_dim

@@ -48,6 +48,11 @@ class Shapes(dict):
         super().__init__(items)
         self.prefix = prefix
 
+    @classmethod
+    def of(cls, shapes: Mapping) -> Shapes:
+        """``shapes`` itself if it is a Shapes, else a Shapes of it (modules also take a plain mapping)."""
+        return shapes if isinstance(shapes, cls) else cls(shapes)
+
     def sub(self, prefix: str) -> Shapes:
         """The shapes under ``prefix``, with it stripped (and remembered)."""
         return Shapes({k[len(prefix) :]: s for k, s in self.items() if k.startswith(prefix)}, self.prefix + prefix)
@@ -109,7 +114,7 @@ class IDEncoder(nn.Module):
 
     def __init__(self, shapes: Mapping, operations):
         super().__init__()
-        shapes = shapes if isinstance(shapes, Shapes) else Shapes(shapes)
+        shapes = Shapes.of(shapes)
         self.width = shapes.dims("body.0.weight", 2)[1]
         self.vit_dim = shapes.dims("mapping_0.0.weight", 2)[1]
         self.context_dim = shapes.dims("mapping_0.6.weight", 2)[0]
@@ -145,7 +150,7 @@ class IDFormer(nn.Module):
 
     def __init__(self, shapes: Mapping, depth: int, operations):
         super().__init__()
-        shapes = shapes if isinstance(shapes, Shapes) else Shapes(shapes)
+        shapes = Shapes.of(shapes)
         _, self.num_queries, self.dim = shapes.dims("latents", 3)
         self.width = shapes.dims("id_embedding_mapping.0.weight", 2)[1]
         self.vit_dim = shapes.dims("mapping_0.0.weight", 2)[1]

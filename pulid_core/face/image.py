@@ -100,17 +100,18 @@ def _in_bands(image, name: str, divide_by: float | None = None) -> np.ndarray:
             band = band / divide_by
         elif not np.isfinite(band).all():
             raise PuLIDError(f"{name} contains NaN or infinite values.")
-        out[top:top + rows] = _over_white(band[:, :, :3], band[:, :, 3:]) if c == 4 else _round(band)
+        out[top:top + rows] = _over_white(band[:, :, :3], band[:, :, 3:]) if c == 4 else round_to_uint8(band)
     return out
 
 
-def _round(x: np.ndarray) -> np.ndarray:
+def round_to_uint8(x: np.ndarray) -> np.ndarray:
+    """Float pixels in 0..1 as uint8, rounded (in x's dtype: float32 for every converted image)."""
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
 def _over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     alpha = np.clip(alpha, 0.0, 1.0)
-    return _round(rgb * alpha + (1.0 - alpha))
+    return round_to_uint8(rgb * alpha + (1.0 - alpha))
 
 
 def split_images(images) -> list:

@@ -12,9 +12,14 @@ import torch
 from PIL import Image
 
 from ..errors import PuLIDError
+from ..face.image import round_to_uint8
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _describe(index: int | None) -> str:
+    return "An ID image" if index is None else f"ID image {index}"
 
 
 def _to_uint8(image, index: int | None = None) -> np.ndarray:
@@ -22,7 +27,7 @@ def _to_uint8(image, index: int | None = None) -> np.ndarray:
 
     As the official pipeline's PIL ``convert("RGB")``: an alpha channel is dropped, gray ([H, W] or
     [H, W, 1]) is repeated to RGB. ``index`` (1-based) names the image in messages."""
-    name = "An ID image" if index is None else f"ID image {index}"
+    name = _describe(index)
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
         if image.is_floating_point():
@@ -40,8 +45,8 @@ def _to_uint8(image, index: int | None = None) -> np.ndarray:
         if not np.isfinite(image).all():
             # Cast to uint8 they would silently become black (or any value): refuse, as the face branch does.
             raise PuLIDError(f"{name} contains NaN or infinite values: check the node that made it.")
-        # In float32, as the face branch rounds (pulid_core.face.image): both branches see the same pixels.
-        return np.clip(np.rint(image.astype(np.float32) * np.float32(255.0)), 0, 255).astype(np.uint8)
+        # In float32, with the face branch's rounding: both branches see the same pixels.
+        return round_to_uint8(image.astype(np.float32))
     raise PuLIDError(f"{name} must be uint8 or float in [0, 1], got {image.dtype}.")
 
 
@@ -50,7 +55,7 @@ def preprocess_id_image(image, size: int = 224, index: int | None = None) -> tor
     pixels = _to_uint8(image, index)
     h, w = pixels.shape[:2]
     if min(h, w) == 0:
-        raise PuLIDError(f"{'An ID image' if index is None else f'ID image {index}'} is empty (0 pixels).")
+        raise PuLIDError(f"{_describe(index)} is empty (0 pixels).")
     # HF get_resize_output_image_size: short side -> size, long side = int(size * long / short).
     if h <= w:
         new_h, new_w = size, int(size * w / h)
