@@ -46,6 +46,9 @@ STREAMS = "pulid_flux_streams"  # per-forward {"txt": text tokens} recorded by t
 # bottom first, and the tokens of those a later application replaced.
 APPLIED = "pulid_flux_applied"
 SUPERSEDED = "pulid_flux_superseded"
+# ModelPatcher.additional_models key of one application's adapter: ComfyUI loads these with the
+# model before sampling (and clones them with it), whichever patch occupies the blocks by then.
+ADAPTER_KEY = "comfyui-pulid.flux_adapter:"
 
 
 def grid_wrapper(executor, *args, **kwargs):
@@ -153,7 +156,8 @@ class FluxBlockPatch:
 
     # -- ModelPatcher lifecycle ---------------------------------------------------
     def to(self, device_or_dtype):
-        # The adapter is loaded and offloaded by ComfyUI (models()); dtype casts (fp8 storage
+        # The adapter is loaded and offloaded by ComfyUI (an additional model of the patched
+        # ModelPatcher, see install); dtype casts (fp8 storage
         # dtypes included) are ignored: the CA runs in the activations' dtype. ComfyUI stores what
         # ``to()`` returns, so an upstream that answers with a new object is kept (in a new patch).
         if self.upstream is not None and hasattr(self.upstream, "to"):
@@ -163,10 +167,11 @@ class FluxBlockPatch:
         return self
 
     def models(self):
-        found = [self.context.adapter]
+        # Only the upstream's: the adapter is an additional model of the patched ModelPatcher
+        # (listing it here too would hand ComfyUI the same weights under two patchers).
         if self.upstream is not None and hasattr(self.upstream, "models"):
-            found += [m for m in self.upstream.models() if all(m is not f for f in found)]
-        return found
+            return list(self.upstream.models())
+        return []
 
     def __deepcopy__(self, memo):
         return self
@@ -205,6 +210,12 @@ def install(model, context: FluxIDContext, *, replace) -> object:
     superseded = set(options.get(SUPERSEDED, ())) | {token for token, masked in applied if replace(masked)}
     options[SUPERSEDED] = frozenset(superseded)
     options[APPLIED] = (*[(t, m) for t, m in applied if t not in superseded], (context.token, context.mask is not None))
+    # The adapter is registered on the model, not only answered by the patches' models(): another
+    # pack's patch wrapped around ours without a models() of its own would hide it from ComfyUI,
+    # which then never loads it onto the sampling device.
+    for token in superseded:
+        patched.remove_additional_models(ADAPTER_KEY + token)
+    patched.set_additional_models(ADAPTER_KEY + context.token, [context.adapter])
     dit = options.get("patches_replace", {}).get("dit", {})
     keys = [("double_block", i) for i in range(19)] + [("single_block", i) for i in range(38)]
     for key in keys:

@@ -134,8 +134,10 @@ def test_patches_sit_on_the_authors_20_blocks_and_are_shared_by_clones(tiny_flux
                                      + [("single_block", i) for i in range(0, 38, 4)])
     assert sorted(p.ca for p in patches.values()) == list(range(20))
     assert all(isinstance(p, FluxBlockPatch) and p.upstream is None for p in patches.values())
-    # ComfyUI loads and offloads the adapter (its CA modules) with the model.
-    assert all(p.models() == [adapters["golden"].patcher] for p in patches.values())
+    # ComfyUI loads and offloads the adapter (its CA modules) with the model: an additional model
+    # of the patched ModelPatcher (a clone of the adapter's, as ComfyUI clones them with the model).
+    assert [m.model for m in out.get_nested_additional_models()] == [adapters["golden"].patcher.model]
+    assert all(p.models() == [] for p in patches.values())
     clone = out.clone()
     for key, patch in patches.items():
         assert dit_patches(clone)[key] is patch and copy.deepcopy(patch) is patch
@@ -367,6 +369,40 @@ def test_apply_with_a_face_changes_sampling_and_nothing_accumulates(tiny_flux, f
     # Starting after the last step: no identity at all.
     late = PuLIDFluxApply.execute(tiny_flux, adapters["flux"], eva, face, face_image, 1.0, 1.0, 1.0).result[0]
     torch.testing.assert_close(sample_flux(late, flux_inputs, cfg=2.0), plain)
+
+
+class _ForeignWrapper:
+    """Another pack's dit patch wrapped around whatever occupied the block, with no models()."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, args, extra):
+        return self.inner(args, extra)
+
+
+def test_adapter_is_loaded_under_another_packs_patch_without_models(tiny_flux, flux_inputs, adapters, golden_id):
+    """Before: ComfyUI found the adapter only through our patches' models(); another pack's patch
+    wrapped around ours without a models() of its own hid it, so ComfyUI never loaded the CA
+    modules onto the sampling device (on a GPU: weights left on the CPU). Now it is an additional
+    model of the patched ModelPatcher, found whichever patch occupies the blocks."""
+    import comfy.model_management as mm
+
+    out = apply_embeds(tiny_flux, adapters["golden"], golden_embeds(golden_id), 1.0)
+    wrapped = out.clone()
+    for (kind, index), patch in dit_patches(out).items():
+        wrapped.set_model_patch_replace(_ForeignWrapper(patch), "dit", kind, index)
+    mm.unload_all_models()
+    assert not any(loaded.model.model is adapters["golden"].patcher.model for loaded in mm.current_loaded_models)
+    image = sample_flux(wrapped, flux_inputs)
+    assert any(loaded.model.model is adapters["golden"].patcher.model for loaded in mm.current_loaded_models)
+    torch.testing.assert_close(image, sample_flux(out, flux_inputs))  # the wrapper changed nothing else
+    # Replaced by a second application: only that one's adapter is registered.
+    from comfyui_pulid.nodes.flux_patch import ADAPTER_KEY
+
+    again = apply_embeds(out, adapters["golden"], golden_embeds(golden_id), 0.6)
+    token = dit_patches(again)[("double_block", 0)].context.token
+    assert [k for k in again.additional_models if k.startswith(ADAPTER_KEY)] == [ADAPTER_KEY + token]
 
 
 def test_fp16_and_bf16_models_run_the_ca_in_their_dtype(adapters, golden_id, flux_inputs):
