@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 
 import folder_paths
 from comfy_api.latest import io
 
-from ..pulid_core.embeds import check_tokens, embeds_metadata, read_embeds, write_embeds
+from ..pulid_core.embeds import MAX_FILE_BYTES, check_tokens, embeds_metadata, read_embeds, write_embeds
 from ..pulid_core.errors import PuLIDError
 from ..pulid_core.options import COMBINES, METHODS_CUSTOM, ON_NO_FACE, PROJECTIONS, SELECTIONS
 from .pulid import (
@@ -101,7 +102,8 @@ class PuLIDApplyEmbeds(io.ComfyNode):
         node = check_inputs(cls, method=method, weight=weight, start_at=start_at, end_at=end_at,
                             projection=projection, num_zero=num_zero, attn_mask=attn_mask)
         adapter = check_adapter(pulid, node)
-        cross_attn_layers(model, adapter)  # a wrong model (FLUX, SD1.5) is the first thing to say
+        # A wrong model (FLUX, SD1.5) is the first thing to say.
+        cross_attn_layers(model, adapter, node, flux_node="Apply PuLID Embeds (FLUX)")
         embeds = checked_embeds(embeds, node, adapter)
         if method != "custom":
             projection, num_zero = method_settings(adapter.version, method)
@@ -136,8 +138,15 @@ def new_file_path(folder: str, prefix: str, node: str) -> tuple[str, str, int]:
     """
     if not isinstance(prefix, str) or not prefix.strip() or "\0" in prefix:
         raise PuLIDError(f"{node}: filename_prefix {prefix!r} is not a usable file name prefix.")
-    parts = os.path.normpath(prefix.strip()).replace("\\", "/").split("/")
-    if os.path.isabs(prefix.strip()) or ".." in parts:
+    try:
+        prefix.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON client
+        raise PuLIDError(f"{node}: filename_prefix {prefix!r} is not valid text (a broken character); type the "
+                         "name again.") from None
+    # A workflow made on Windows may hold "people\\bob": a subfolder there, and here too.
+    prefix = prefix.strip().replace("\\", "/")
+    parts = os.path.normpath(prefix).split("/")
+    if os.path.isabs(prefix) or ".." in parts:
         raise PuLIDError(f"{node}: filename_prefix {prefix!r} points outside {folder}; use a name or a "
                          "subfolder/name inside it.")
     if parts[-1] in ("", "."):  # "." or "x/..": the file would be the hidden "._00001_.safetensors"
@@ -150,7 +159,7 @@ def new_file_path(folder: str, prefix: str, node: str) -> tuple[str, str, int]:
             raise PuLIDError(f"{node}: filename_prefix is too long for the file system ({len(part.encode())} "
                              f"bytes in {part[:24]!r}...; at most {room} per name). Use a shorter prefix.")
     try:
-        full, name, counter, _, _ = folder_paths.get_save_image_path(prefix.strip(), folder)
+        full, name, counter, _, _ = folder_paths.get_save_image_path(prefix, folder)
     except Exception as exc:  # ComfyUI raises a bare Exception for a path outside the folder
         raise PuLIDError(f"{node}: cannot save with filename_prefix {prefix!r}: "
                          f"{str(exc).strip().splitlines()[0]}") from exc
@@ -191,15 +200,22 @@ class PuLIDSaveEmbeds(io.ComfyNode):
             os.makedirs(full, exist_ok=True)
             while True:
                 path = os.path.join(full, f"{name}_{counter:05}_.safetensors")
+                shown = os.path.relpath(path, folder).replace(os.sep, "/")
+                # ComfyUI's counter sees only this folder; a name another embeddings folder holds
+                # would make the Load list resolve that older file's name to this new one.
+                if folder_paths.get_full_path(EMBEDS_FOLDER, shown) is not None:
+                    counter += 1
+                    continue
                 try:
                     write_embeds(path, embeds.cond, embeds.uncond, metadata)
                     break
                 except FileExistsError:  # a file ComfyUI's counter did not count: take the next number
                     counter += 1
         except OSError as exc:
-            raise PuLIDError(f"{node}: could not write to {full}: {exc.strerror or exc}.") from exc
-        shown = os.path.relpath(path, folder)
-        return io.NodeOutput(ui={"text": [f"saved {shown} (PuLID {embeds.version}, {embeds.images} photo(s))"]})
+            raise PuLIDError(f"{node}: could not write to {full}: {exc.strerror or exc}. Check that the folder "
+                             "is writable and the disk has room.") from exc
+        return io.NodeOutput(ui={"text": [f"saved {shown} in {folder} (PuLID {embeds.version}, {embeds.images} "
+                                          "photo(s))"]})
 
 
 class PuLIDLoadEmbeds(io.ComfyNode):
@@ -221,13 +237,27 @@ class PuLIDLoadEmbeds(io.ComfyNode):
         if path is None:
             raise PuLIDError(f"{node}: {embeds_file} not found in "
                              f"{', '.join(folder_paths.get_folder_paths(EMBEDS_FOLDER))}.")
-        embeds = read_embeds(path, node=node)
+        embeds = read_embeds(path, node=node, name=embeds_file)
         return io.NodeOutput(dataclasses.replace(embeds, metadata={**embeds.metadata, SOURCE_KEY: embeds_file}))
 
     @classmethod
     def fingerprint_inputs(cls, embeds_file):
-        path = folder_paths.get_full_path(EMBEDS_FOLDER, embeds_file)
-        return os.path.getmtime(path) if path else embeds_file
+        # The content's hash, as ComfyUI's LoadImage does: every file of one kind has the same size,
+        # and a timestamp misses a file replaced within its granularity (FAT 2 s) or restored with
+        # its old time (cp -p, rsync -a, unzip). The files are about 0.5 MB.
+        path = folder_paths.get_full_path(EMBEDS_FOLDER, embeds_file) if isinstance(embeds_file, str) else None
+        if path is None:
+            return embeds_file
+        try:
+            if os.path.getsize(path) > MAX_FILE_BYTES:  # refused by the Load itself
+                return os.stat(path).st_mtime_ns
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+            return digest.hexdigest()
+        except OSError:
+            return embeds_file  # unreadable: the Load says why
 
 
 NODES = [PuLIDEncodeFace, PuLIDApplyEmbeds, PuLIDSaveEmbeds, PuLIDLoadEmbeds]

@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from ..pulid_core import flux as core_flux
 from ..pulid_core.errors import PuLIDError
 from ..pulid_core.options import ON_NO_FACE, SELECTIONS
-from .embeds import checked_embeds
+from .embeds import checked_embeds, describe
 from .flux_patch import FluxIDContext, applications, install
 from .loaders import PuLIDAdapter
 from .pulid import IDEmbeds, check_adapter, check_schedule, encode_faces, face_apply_inputs, selection_of
@@ -22,12 +22,14 @@ FLUX_FILE = "pulid_flux_v0.9.1.safetensors"
 WEIGHT_RANGE = (-1.0, 5.0)
 
 
-def check_flux_adapter(pulid, node: str) -> PuLIDAdapter:
+def check_flux_adapter(pulid, node: str, sdxl_node: str = "Apply PuLID") -> PuLIDAdapter:
+    """The pulid input, a PuLID-FLUX adapter; an SDXL one is sent to ``sdxl_node`` (the SDXL node of the
+    same kind)."""
     adapter = check_adapter(pulid, node)
     if adapter.version != "flux":
         raise PuLIDError(
             f"{node}: {adapter.filename} is a PuLID {adapter.version} adapter for SDXL. For FLUX.1 load "
-            f"{FLUX_FILE} (models/pulid) with 'Load PuLID Model'; for SDXL use 'Apply PuLID'."
+            f"{FLUX_FILE} (models/pulid) with 'Load PuLID Model'; for SDXL use '{sdxl_node}'."
         )
     return adapter
 
@@ -74,8 +76,8 @@ def apply_flux_embeds(model, adapter: PuLIDAdapter, embeds: IDEmbeds, *, node: s
         raise PuLIDError(f"{node}: embeds must come from 'Encode Face (PuLID)' or 'Load PuLID Embeds'.")
     if embeds.version != "flux":
         raise PuLIDError(
-            f"{node}: these ID embeddings were made with PuLID {embeds.version} (SDXL). Encode the face with "
-            f"{FLUX_FILE} loaded in 'Load PuLID Model'."
+            f"{node}: {describe(embeds)}: made with PuLID {embeds.version} (SDXL). Encode the face with "
+            f"{FLUX_FILE} loaded in 'Load PuLID Model', or apply these with 'Apply PuLID Embeds' on SDXL."
         )
     embeds = checked_embeds(embeds, node, adapter)  # shape, dtype, finite values (hand-made or corrupt files)
     weight, start_at, end_at = check_schedule(node, weight, start_at, end_at, _range_inputs())
@@ -169,7 +171,7 @@ class PuLIDFluxApplyEmbeds(io.ComfyNode):
     @classmethod
     def execute(cls, model, pulid, embeds, weight, start_at, end_at, attn_mask=None):
         node = check_inputs(cls, weight=weight, start_at=start_at, end_at=end_at, attn_mask=attn_mask)
-        adapter = check_flux_adapter(pulid, node)
+        adapter = check_flux_adapter(pulid, node, sdxl_node="Apply PuLID Embeds")
         return io.NodeOutput(apply_flux_embeds(model, adapter, embeds, node=node, weight=weight, start_at=start_at,
                                                end_at=end_at, attn_mask=attn_mask))
 

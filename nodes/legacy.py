@@ -80,7 +80,7 @@ def range_inputs():
 def apply(node, model, pulid, eva_clip, face_analysis, image, weight, projection, num_zero, start_at, end_at,
            attn_mask, noise=0.0):
     adapter = check_adapter(pulid, node)
-    cross_attn_layers(model, adapter)
+    cross_attn_layers(model, adapter, node)
     # The old pack skipped photos without a face.
     embeds, _ = encode_faces(adapter, eva_clip, face_analysis, image, node=node, on_no_face="skip", noise=noise)
     return apply_embeds(model, adapter, embeds, node=node, weight=weight, projection=projection, num_zero=num_zero,
@@ -101,7 +101,9 @@ class ApplyPulid(io.ComfyNode):
     @classmethod
     def execute(cls, model, pulid, eva_clip, face_analysis, image, method, weight, start_at, end_at, attn_mask=None):
         node = check_inputs(cls, method=method, weight=weight, start_at=start_at, end_at=end_at, attn_mask=attn_mask)
-        projection, num_zero = method_settings(check_adapter(pulid, node).version, method)
+        adapter = check_adapter(pulid, node)
+        cross_attn_layers(model, adapter, node)  # a FLUX file or model is named before the presets
+        projection, num_zero = method_settings(adapter.version, method)
         return io.NodeOutput(apply(node, model, pulid, eva_clip, face_analysis, image, weight, projection,
                                     num_zero, start_at, end_at, attn_mask))
 

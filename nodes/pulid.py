@@ -34,19 +34,21 @@ from .types import EvaClip, FaceAnalysis, PuLID, check_inputs, display_name, sho
 log = logging.getLogger(__name__)
 
 # -- model checks ------------------------------------------------------------------
-def cross_attn_layers(model, adapter: PuLIDAdapter) -> list[tuple[tuple, int]]:
+def cross_attn_layers(model, adapter: PuLIDAdapter, node: str,
+                      flux_node: str = "Apply PuLID (FLUX)") -> list[tuple[tuple, int]]:
     """(ComfyUI attn2 key, checkpoint module index) for every cross-attention layer.
 
     Found by walking the UNet, then checked against SDXL's 70 layers and the adapter's
-    widths, so SD1.5, the refiner and distilled UNets are refused with a reason.
+    widths, so SD1.5, the refiner and distilled UNets are refused with a reason, naming
+    ``node``; a FLUX model or adapter is sent to ``flux_node`` (the FLUX node of the same kind).
     """
     try:
         unet = model.get_model_object("diffusion_model")
     except AttributeError as exc:
-        raise PuLIDError("The model input is not a ComfyUI MODEL.") from exc
+        raise PuLIDError(f"{node}: the model input is not a ComfyUI MODEL.") from exc
     if adapter.version == "flux" or hasattr(unet, "double_blocks"):
         what = f"{adapter.filename} is a PuLID-FLUX adapter" if adapter.version == "flux" else "the model is a DiT (FLUX?)"
-        raise PuLIDError(f"PuLID for SDXL: {what}. For FLUX.1 use 'Apply PuLID (FLUX)' with "
+        raise PuLIDError(f"{node}: {what}, and this node is PuLID for SDXL. For FLUX.1 use '{flux_node}' with "
                          "pulid_flux_v0.9.1.safetensors; for SDXL load an SDXL model and pulid_v1.1.safetensors.")
     found = {}
     for name, blocks in (("input", getattr(unet, "input_blocks", [])), ("middle", [getattr(unet, "middle_block", [])]),
@@ -63,7 +65,7 @@ def cross_attn_layers(model, adapter: PuLIDAdapter) -> list[tuple[tuple, int]]:
         if kind is None and context == 2048:
             kind = "a distilled SDXL (SSD-1B, Vega, KOALA…)"
         raise PuLIDError(
-            f"PuLID for SDXL needs a full SDXL UNet with its 70 cross-attention layers; this model has "
+            f"{node}: PuLID for SDXL needs a full SDXL UNet with its 70 cross-attention layers; this model has "
             f"{len(found)}{f' ({kind})' if kind else ''}. Use an SDXL base model or an SDXL fine-tune "
             "(Pony, Illustrious, Juggernaut, Lightning...)."
         )
@@ -74,7 +76,7 @@ def cross_attn_layers(model, adapter: PuLIDAdapter) -> list[tuple[tuple, int]]:
         width = attn.to_q.out_features
         if widths[index] != width:
             raise PuLIDError(
-                f"The PuLID adapter {adapter.filename} does not fit this UNet: layer {key} is {width} wide, "
+                f"{node}: the PuLID adapter {adapter.filename} does not fit this UNet: layer {key} is {width} wide, "
                 f"the adapter's is {widths[index]}."
             )
         layers.append((key, index))
@@ -172,7 +174,7 @@ def apply_embeds(model, adapter: PuLIDAdapter, embeds: IDEmbeds, *, node: str, w
     num_zero = int(check_finite(num_zero, node=node, input_name="num_zero", lo=0))
     # [M, H, W], M = 1 or the latent batch (known at sampling: checked there with options.check_mask_batch).
     mask = check_mask(attn_mask, node=node)
-    layers = cross_attn_layers(model, adapter)
+    layers = cross_attn_layers(model, adapter, node)
     sampling = model.get_model_object("model_sampling")
     context = IDContext(adapter.patcher, embeds.cond, embeds.uncond, weight=weight, projection=projection,
                         num_zero=num_zero, sigma_start=sampling.percent_to_sigma(start_at),
@@ -253,8 +255,9 @@ class PuLIDApply(io.ComfyNode):
         node = check_inputs(cls, method=method, weight=weight, start_at=start_at, end_at=end_at,
                             attn_mask=attn_mask)
         adapter = check_adapter(pulid, node)
+        # A wrong model or a FLUX file (no method presets) is named first, before the slow face work.
+        cross_attn_layers(model, adapter, node)
         projection, num_zero = method_settings(adapter.version, method)
-        cross_attn_layers(model, adapter)  # refuse a wrong model before the slow face work
         embeds, _ = encode_faces(adapter, eva_clip, face_analysis, image, node=node)
         return io.NodeOutput(apply_embeds(model, adapter, embeds, node=node, weight=weight,
                                           projection=projection, num_zero=num_zero, start_at=start_at,
@@ -303,9 +306,9 @@ class PuLIDApplyAdvanced(io.ComfyNode):
                             face_selection=face_selection, face_index=face_index, on_no_face=on_no_face,
                             combine=combine, attn_mask=attn_mask)
         adapter = check_adapter(pulid, node)
+        cross_attn_layers(model, adapter, node)
         if method != "custom":
             projection, num_zero = method_settings(adapter.version, method)
-        cross_attn_layers(model, adapter)
         embeds, _ = encode_faces(adapter, eva_clip, face_analysis, image, node=node,
                                  selection=selection_of(face_selection, face_index), on_no_face=on_no_face,
                                  combine=combine, noise=uncond_noise)

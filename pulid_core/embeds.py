@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import PuLIDError
-from .identity import V1_EXTRA_IMAGE_TOKENS
+from .identity import COMBINES, STACKED_COMBINE, STACKED_VERSIONS, V1_EXTRA_IMAGE_TOKENS
 from .io import guess_kind, read_safetensors
 
 FORMAT = "comfyui-pulid/id-embeds/1"
@@ -80,7 +80,7 @@ def parse_metadata(metadata, *, name: str, node: str) -> tuple[str, int, str, di
         raise PuLIDError(f"{bad}broken metadata field combine={combine!r}.")
     try:
         extra = json.loads(metadata.get("extra", "{}"))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         raise PuLIDError(f"{bad}broken JSON in the metadata field 'extra' ({exc}). Encode the face again "
                          "and save it with 'Save PuLID Embeds'.") from None
     if not isinstance(extra, dict):
@@ -106,6 +106,10 @@ def check_tokens(cond, uncond, version: str, combine: str, images: int, *, name:
             f"{ADAPTER_FILES.get(version, version)} in 'Load PuLID Model' to use these embeddings, or encode the "
             f"face again with the {expected_version} model."
         )
+    combines = (STACKED_COMBINE,) if version in STACKED_VERSIONS else COMBINES
+    if combine not in combines:
+        raise PuLIDError(f"{bad}unknown combine {combine!r} for PuLID {version} embeddings (known: "
+                         f"{', '.join(combines)}). Encode the face again with 'Encode Face (PuLID)'.")
     tokens = expected_tokens(version, combine, images)
     out = []
     for label, t in (("cond", cond), ("uncond", uncond)):
@@ -115,7 +119,7 @@ def check_tokens(cond, uncond, version: str, combine: str, images: int, *, name:
             raise PuLIDError(f"{bad}'{label}' is {str(t.dtype).replace('torch.', '')}; ID tokens are floats. "
                              "The file was not written by 'Save PuLID Embeds': encode the face again.")
         shape = list(t.shape)
-        if width is None and label == "cond" and len(shape) == 3:
+        if width is None and label == "cond" and len(shape) == 3 and shape[2] > 0:
             width = shape[2]
         if shape != [1, tokens, width]:
             extra = ""
@@ -168,12 +172,14 @@ def check_embeds(tensors, metadata, *, name: str, node: str, expected_version: s
     return IDEmbeds(version, cond, uncond, images, combine, extra)
 
 
-def read_embeds(path, *, node: str, expected_version: str | None = None, width: int | None = None) -> IDEmbeds:
-    """Read and validate an embeddings file; every problem is a PuLIDError naming the node and the file."""
-    name = os.path.basename(os.fspath(path))
+def read_embeds(path, *, node: str, expected_version: str | None = None, width: int | None = None,
+                name: str | None = None) -> IDEmbeds:
+    """Read and validate an embeddings file; every problem is a PuLIDError naming the node and the file
+    (``name``: as the user chose it, e.g. with its subfolder; default the file's base name)."""
+    name = name or os.path.basename(os.fspath(path))
     try:
         tensors, metadata = read_safetensors(path, fix="encode the face again and save it with 'Save PuLID "
-                                                        "Embeds'", max_bytes=MAX_FILE_BYTES)
+                                                        "Embeds'", max_bytes=MAX_FILE_BYTES, name=name)
     except PuLIDError as exc:
         raise PuLIDError(f"{node}: {exc}") from exc
     return check_embeds(tensors, metadata, name=name, node=node, expected_version=expected_version, width=width)
@@ -190,10 +196,15 @@ def write_embeds(path, cond: torch.Tensor, uncond: torch.Tensor, metadata: dict[
 
     data = safetensors.torch.save({"cond": cond.detach().cpu().contiguous(),
                                    "uncond": uncond.detach().cpu().contiguous()}, metadata=metadata)
-    with open(path, "xb") as fh:  # exclusive create: a second save can never overwrite the first
-        try:
+    fh = open(path, "xb")  # exclusive create: a second save can never overwrite the first
+    try:
+        # The close is inside: a disk that fills in the last buffered bytes, or a network share's
+        # quota, reports the error only when the buffer is flushed.
+        with fh:
             fh.write(data)
-        except BaseException:
-            fh.close()
+    except BaseException:
+        try:
             os.remove(path)  # no half-written file left behind (disk full, interrupt)
-            raise
+        except OSError:
+            pass
+        raise

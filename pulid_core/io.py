@@ -52,19 +52,20 @@ def _is_safetensors(path: str, size: int) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8
 
 
-def read_safetensors(path: str | os.PathLike, *, fix: str = REDOWNLOAD,
-                     max_bytes: int | None = None) -> tuple[dict, dict]:
-    """(tensors, metadata) of a ``.safetensors`` file; a bad file gets a message naming it and ``fix``."""
-    path, name, size = _check_file(path, fix)
+def read_safetensors(path: str | os.PathLike, *, fix: str = REDOWNLOAD, max_bytes: int | None = None,
+                     name: str | None = None) -> tuple[dict, dict]:
+    """(tensors, metadata) of a ``.safetensors`` file; a bad file gets a message naming it (``name``, or
+    its base name) and ``fix``."""
+    path, name, size = _check_file(path, fix, name)
     if max_bytes is not None and size > max_bytes:
         raise ModelFileError(f"{name} is {size:,} bytes, far more than such a file holds (at most "
                              f"{max_bytes:,}): it is not the file expected here.")
     return _read_safetensors(path, name, size, fix)
 
 
-def _check_file(path, fix: str) -> tuple[str, str, int]:
+def _check_file(path, fix: str, name: str | None = None) -> tuple[str, str, int]:
     path = os.fspath(path)
-    name = os.path.basename(path)
+    name = name or os.path.basename(path)
     if not os.path.isfile(path):
         raise ModelFileError(f"Model file not found: {path}")
     size = os.path.getsize(path)

@@ -405,6 +405,33 @@ def test_adapter_is_loaded_under_another_packs_patch_without_models(tiny_flux, f
     assert [k for k in again.additional_models if k.startswith(ADAPTER_KEY)] == [ADAPTER_KEY + token]
 
 
+def test_the_flux_file_on_the_sdxl_photo_nodes_is_named_before_the_presets(adapters, face_tools, face_image):
+    """Before: 'Apply PuLID', 'Apply PuLID (Advanced)' with a preset and the legacy 'Apply PuLID'
+    looked up the method presets first and answered "A PuLID-FLUX adapter has no method presets":
+    neither the node nor the loaded file named. Now the model/adapter check comes first."""
+    from comfyui_pulid.nodes.legacy import ApplyPulid
+    from comfyui_pulid.nodes.pulid import PuLIDApply, PuLIDApplyAdvanced
+
+    from comfy_testpack.tiny_models import tiny_sdxl_model
+    from pulid_core.errors import PuLIDError
+
+    eva, face = face_tools
+    sdxl, flux = tiny_sdxl_model(), adapters["flux"]
+    calls = [
+        ("Apply PuLID", lambda: PuLIDApply.execute(sdxl, flux, eva, face, face_image, "fidelity", 0.8, 0.0, 1.0)),
+        ("Apply PuLID (Advanced)", lambda: PuLIDApplyAdvanced.execute(
+            sdxl, flux, eva, face, face_image, "style", 0.8, 0.0, 1.0, "ortho_v2", 8, 0.0, "largest", 0, "error",
+            "average")),
+        ("Apply PuLID (legacy id)",
+         lambda: ApplyPulid.execute(sdxl, flux, eva, face, face_image, "fidelity", 0.8, 0.0, 1.0)),
+    ]
+    for node, call in calls:
+        with pytest.raises(PuLIDError) as err:
+            call()
+        message = str(err.value)
+        assert message.startswith(f"{node}") and flux.filename in message and "Apply PuLID (FLUX)" in message, message
+
+
 def test_fp16_and_bf16_models_run_the_ca_in_their_dtype(adapters, golden_id, flux_inputs):
     from comfy_testpack.tiny_flux import tiny_flux_model
 
@@ -436,7 +463,7 @@ def test_refusals_name_what_was_found(pack, tiny_flux, adapters, golden_id, face
         apply_embeds(tiny_flux, adapters["flux"], IDEmbeds("v1.1", golden_id, golden_id, 1, "idformer"))
     with pytest.raises(PuLIDError, match="PuLID-FLUX (adapter|file).*Apply PuLID \\(FLUX\\)"):
         PuLIDApply.execute(sdxl, adapters["flux"], eva, face, face_image, "fidelity", 0.8, 0.0, 1.0)
-    with pytest.raises(PuLIDError, match="DiT.*Apply PuLID \\(FLUX\\)"):
+    with pytest.raises(PuLIDError, match="^Apply PuLID Embeds: .*DiT.*'Apply PuLID Embeds \\(FLUX\\)'"):
         PuLIDApplyEmbeds.execute(tiny_flux, adapters["sdxl"], IDEmbeds("v1.1", golden_id, golden_id, 1, "idformer"),
                                  "fidelity", 0.8, 0.0, 1.0)
     # The golden adapter is 128 wide like the tiny FLUX; the stand-in FLUX.1 checks: FLUX.2-like and
