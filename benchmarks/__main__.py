@@ -15,12 +15,12 @@ cubiq/PuLID_ComfyUI (imported at run time from --anchor-dir, $PULID_ANCHOR_DIR o
   --encode  instead, one face encode ('Encode Face') per stage on ComfyUI's device: image
             conversion, SCRFD + ArcFace (synthetic stand-ins), RetinaFace-R50 and BiSeNet, EVA02-CLIP-L
             (--precision; fp32 on the CPU) and the v1.1 IDFormer, all full-size with random weights;
-            cold and warm, VRAM after use with --device cuda; 1 thread, ~2 min on a CPU. With --tiny:
+            cold and warm, VRAM after use with --device cuda; 1 thread, ~1.5 min on a CPU. With --tiny:
             tiny EVA-CLIP and adapter, a small photo, a smoke run.
 
 Prints a markdown table and writes <out-dir>/cpu.md and cpu.json (default benchmarks/results;
 --tiny writes only where --out-dir says); --flux and --encode replace only their own section,
-the other runs keep it (--device cuda: gpu.md / gpu.json).
+the other runs keep it (--device cuda: gpu.md / gpu.json; --steady-heap: cpu_steady_heap.md / .json).
 """
 
 from __future__ import annotations
@@ -116,7 +116,9 @@ def main(argv=None) -> int:
     print(text)
     out_dir = args.out_dir or (None if args.tiny else models.REPO / "benchmarks" / "results")
     if out_dir is not None:
-        write(out_dir, sdxl=(text, report.as_json(results)), stem="cpu" if plan.device == "cpu" else "gpu")
+        # A steady-heap run is its own file: it measures arithmetic only (see --steady-heap).
+        stem = ("cpu" if plan.device == "cpu" else "gpu") + ("_steady_heap" if args.steady_heap else "")
+        write(out_dir, sdxl=(text, report.as_json(results)), stem=stem)
     return 0
 
 

@@ -321,7 +321,8 @@ def markdown_table(entries: Iterable[ModelFile] = registry) -> str:
     rows += [
         "",
         "`python -m pulid_core.models check --comfyui PATH [--for USE]` (with ComfyUI's Python, in this "
-        "pack's folder) reports each file as present, missing, optional, corrupt or misplaced with the "
+        "pack's folder) reports each file as present, missing, optional, not needed (for the use), corrupt or "
+        "misplaced with the "
         "command that fixes it, and exits non-zero when a file needed for the use (by default: the "
         f"models found; one of {', '.join(f'`{u}`' for u in USES)}) is missing or broken.",
         "`python -m pulid_core.models download NAME... --comfyui PATH` fetches files (names from the "

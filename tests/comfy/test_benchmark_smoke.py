@@ -23,8 +23,10 @@ def run_benchmark(out_dir, anchor_dir=None, extra=(), pythonpath=None):
         args += ["--anchor-dir", str(anchor_dir)]
     run = subprocess.run(args, cwd=comfy_harness.REPO, capture_output=True, text=True, timeout=900, env=env)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-    data = json.loads((out_dir / "cpu.json").read_text())
-    assert (out_dir / "cpu.md").read_text().strip() == run.stdout.strip()
+    stem = "cpu_steady_heap" if "--steady-heap" in extra else "cpu"  # a steady-heap run has its own file
+    data = json.loads((out_dir / f"{stem}.json").read_text())
+    assert (out_dir / f"{stem}.md").read_text().strip() == run.stdout.strip()
+    assert not (out_dir / ("cpu.md" if stem != "cpu" else "cpu_steady_heap.md")).exists()
     assert "| 64² |" in run.stdout and "## Targets (v1 fidelity)" in run.stdout
     return run.stdout, data
 
