@@ -1,6 +1,6 @@
 """Run a shipped workflow headless through ComfyUI and write its image(s) as PNG.
 
-    scripts/run_workflow.sh [workflows/NAME.json] [--models DIR] [--image FACE.jpg] [--out DIR]
+    scripts/run_workflow.sh [workflows/NAME.json] [--models DIR] [--image FACE.jpg]... [--out DIR]
 
 Starts the pinned ComfyUI on 127.0.0.1 with this pack installed, converts the UI
 workflow to an API prompt against the server's /object_info, queues it and waits,
@@ -48,9 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--models", type=Path, default=None,
                         help="a ComfyUI models folder, only read (default: the pinned ComfyUI's own models "
                              "folder, usually empty, so every model is a tiny stand-in)")
-    parser.add_argument("--image", type=Path, default=None,
-                        help="reference photo for the graph's Load Image nodes (default: Tom_Hanks_54745.png, "
-                             "a photo shipped with the insightface wheel)")
+    parser.add_argument("--image", type=Path, action="append", default=None,
+                        help="reference photo for the graph's Load Image nodes; repeat it for a graph with "
+                             "several (in node order, the last one repeated: --image a.jpg --image b.jpg for "
+                             "the two-person workflows) (default: Tom_Hanks_54745.png, a photo shipped with "
+                             "the insightface wheel)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"folder for the PNGs and, on failure, ComfyUI's log (default: {DEFAULT_OUT.relative_to(REPO)}/)")
     # run_workflow.sh checks the arguments before setting anything up.
@@ -71,8 +73,9 @@ def check_inputs(args: argparse.Namespace) -> dict:
     if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
         raise UsageError(f"workflow {workflow} is not a UI-format ComfyUI workflow (no \"nodes\" list); "
                          "save it from ComfyUI with Workflow > Save, not Export (API)")
-    if args.image is not None and not args.image.is_file():
-        raise UsageError(f"--image {args.image}: no such file")
+    for image in args.image or ():
+        if not image.is_file():
+            raise UsageError(f"--image {image}: no such file")
     if args.models is not None and not args.models.is_dir():
         raise UsageError(f"--models {args.models}: no such folder (give a ComfyUI models folder)")
     if args.out.exists() and not args.out.is_dir():

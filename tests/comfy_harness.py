@@ -448,14 +448,24 @@ def shrink_for_tiny_models(prompt: dict, size: int = 128, max_steps: int = 4) ->
             inputs["steps"] = min(inputs["steps"], max_steps)
 
 
-def provide_input_images(prompt: dict, input_dir: Path, image: Path | None) -> None:
-    """Put the reference photo where every Load Image node of the graph looks for it."""
-    source = Path(image) if image else default_face_image()
-    for node in prompt.values():
-        if node["class_type"] == "LoadImage":
-            target = Path(input_dir) / node["inputs"]["image"]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
+def provide_input_images(prompt: dict, input_dir: Path, image=None) -> None:
+    """Put the reference photos where the graph's Load Image nodes look for them.
+
+    ``image``: None (the bundled photo), a path, or a list of paths: the graph's distinct Load Image
+    file names, in node-id order, get them in turn (the last repeated), so a two-person graph takes
+    ``--image a.jpg --image b.jpg``.
+    """
+    images = [image] if image is None or isinstance(image, (str, Path)) else list(image) or [None]
+    names = []
+    for node_id in sorted(prompt, key=lambda k: (len(str(k)), str(k))):
+        node = prompt[node_id]
+        if node["class_type"] == "LoadImage" and node["inputs"]["image"] not in names:
+            names.append(node["inputs"]["image"])
+    for i, name in enumerate(names):
+        chosen = images[min(i, len(images) - 1)]
+        target = Path(input_dir) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(chosen) if chosen else default_face_image(), target)
 
 
 def default_face_image() -> Path:

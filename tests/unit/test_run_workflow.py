@@ -157,3 +157,31 @@ def test_sampling_progress_is_shown(monkeypatch, caplog):
     stop.set()
     assert "sampling: step 1/4 (node 5)" in caplog.text
     assert "sampling: step 2/4 (node 5)" in caplog.text
+
+
+def test_repeated_image_options_feed_the_load_image_nodes_in_order(tmp_path):
+    """Before: one --image, copied to every Load Image node, so a two-person workflow always got the
+    same face twice. Now repeated --image options go to the distinct Load Image files in node order
+    (the last one repeated), and a second missing one is refused too."""
+    import comfy_harness
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    a.write_bytes(b"A")
+    b.write_bytes(b"B")
+    prompt = {"12": {"class_type": "LoadImage", "inputs": {"image": "face_b.png"}},
+              "5": {"class_type": "LoadImage", "inputs": {"image": "face_a.png"}},
+              "6": {"class_type": "LoadImage", "inputs": {"image": "face_a.png"}},
+              "7": {"class_type": "KSampler", "inputs": {}}}
+    args = run_workflow.parse_args([str(SMOKE), "--image", str(a), "--image", str(b)])
+    comfy_harness.provide_input_images(prompt, tmp_path / "in", args.image)
+    assert (tmp_path / "in" / "face_a.png").read_bytes() == b"A"
+    assert (tmp_path / "in" / "face_b.png").read_bytes() == b"B"
+    comfy_harness.provide_input_images(prompt, tmp_path / "one", [a])
+    assert (tmp_path / "one" / "face_b.png").read_bytes() == b"A"  # the last one repeated
+
+
+def test_every_image_option_is_checked(no_server, tmp_path, caplog):
+    face = tmp_path / "a.png"
+    face.write_bytes(b"A")
+    assert run_workflow.main([str(SMOKE), "--image", str(face), "--image", str(tmp_path / "b.jpg")]) == 2
+    assert "b.jpg: no such file" in caplog.text
