@@ -129,7 +129,11 @@ def prepare_id_kv(id_k: torch.Tensor, id_v: torch.Tensor, heads: int, weight, *,
     v_rest[:, :, ORTHO_V2_TOKENS:tokens] = 1.0
     if num_zero:
         mask[:, tokens] = math.log(num_zero)
-        v_rest[:, :, tokens] = 1.0
+        # The authors' mass window is the first ORTHO_V2_TOKENS columns of [ID tokens, zero tokens]:
+        # with fewer ID tokens, that many zero tokens are inside it (all zero tokens share one logit,
+        # so the column's weight splits exactly), the others are "rest".
+        inside = min(num_zero, max(0, ORTHO_V2_TOKENS - tokens))
+        v_rest[:, :, tokens] = (num_zero - inside) / num_zero
     zero, tiny = torch.tensor([[0.0], [_TINY]], device=device, dtype=torch.float32).unbind()
     # A row of ones, not a [1] constant: CPU kernels vectorise addcmul(one, [B, N, 1], [B, 1, C])
     # only when at most one operand is constant along the channels (7x faster).

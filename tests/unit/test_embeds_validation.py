@@ -169,7 +169,11 @@ def test_check_tokens_for_embeds_in_memory():
     with pytest.raises(PuLIDError, match="Apply: x: unknown PuLID kind 'v3'"):
         E.check_tokens(tokens(), tokens(), "v3", "", 1, name="x", node="Apply")
     with pytest.raises(PuLIDError, match="no 'cond' tensor"):
-        E.check_tokens(None, tokens(), "v1", "", 1, name="x", node="Apply")
+        E.check_tokens(None, tokens(), "v1", "average", 1, name="x", node="Apply")
+    # A combine that is not the kind's own (any string used to pass, and decided v1's token count).
+    for version, combine in (("v1", ""), ("v1", "Concat"), ("v1.1", "average"), ("flux", "concat")):
+        with pytest.raises(PuLIDError, match=f"unknown combine '{combine}' for PuLID {version}"):
+            E.check_tokens(tokens(32), tokens(32), version, combine, 1, name="x", node="Apply")
 
 
 def test_write_never_replaces_a_file(tmp_path):
