@@ -30,7 +30,7 @@ from ..pulid_core.attention import id_attention_prepared, prepare_id_kv, select_
 from ..pulid_core.layers import MODULE_INDEX_BY_COMFY_KEY
 from ..pulid_core.options import check_mask_batch, mask_for_area
 from ..pulid_core.rows import batch_rows
-from .run_options import chunk_areas
+from .run_options import chunk_areas, chunk_kinds
 from .sigma_gate import SigmaGate
 
 log = logging.getLogger(__name__)
@@ -217,24 +217,39 @@ class IDAttnPatch:
         self.upstream = upstream
 
     def __call__(self, q, k, v, extra_options):
+        return self._attend(q, k, v, extra_options)[1]
+
+    def _attend(self, q, k, v, extra_options, keep_text: bool = False):
+        """(text, out): the attention the ID term is projected against, and the result with it.
+
+        Under another of this pack's patches (several identities, each with its mask) every term
+        is projected against the same text attention and added: the ortho projections sum over
+        all tokens, so projecting against an H that holds another person's term would make the
+        image depend on the order of the Apply nodes. ``keep_text``: a patch above needs ``text``
+        unchanged (no writing into it)."""
         heads = extra_options["n_heads"]
-        if self.upstream is not None:
-            base = self.upstream(q, k, v, extra_options)
+        if isinstance(self.upstream, IDAttnPatch):
+            text, below = self.upstream._attend(q, k, v, extra_options, keep_text=True)
         else:
-            base = attention_call(q, k, v, heads, extra_options)
+            below = text = (self.upstream(q, k, v, extra_options) if self.upstream is not None
+                            else attention_call(q, k, v, heads, extra_options))
         ctx = self.context
         if ctx.weight == 0 or not ctx.active(extra_options):
-            return base
-        cond_or_uncond = tuple(extra_options.get("cond_or_uncond") or ())
+            return text, below
+        cond_or_uncond = chunk_kinds(extra_options)  # each chunk's prompt: cond or uncond (run_options)
         batch = q.shape[0]
         kv = ctx.prepared(self.module_index, cond_or_uncond, batch, heads, q.device, q.dtype)
         chunks = max(len(cond_or_uncond), 1)
         mask = ctx.mask_rows(extra_options, batch // chunks, chunks, q.device, q.dtype)
-        # Into base in place only when it is ComfyUI's new attention output: an upstream patch
-        # may return a tensor it keeps (a cache).
         workspace = ctx.workspace((*q.shape, str(q.device), q.dtype))
-        return id_attention_prepared(base, q, kv, ctx.projection, mask=mask, workspace=workspace,
-                                     inplace=self.upstream is None)
+        # Into text in place only when it is ComfyUI's new attention output that no patch above
+        # still needs: an upstream patch may return a tensor it keeps (a cache).
+        out = id_attention_prepared(text, q, kv, ctx.projection, mask=mask, workspace=workspace,
+                                    inplace=self.upstream is None and not keep_text)
+        if below is text:
+            return text, out
+        # ``below`` (this chain's own new tensor) already holds the other identities' terms.
+        return text, below.add_(out.sub_(text))
 
     # -- ModelPatcher lifecycle -------------------------------------------------
     def to(self, device_or_dtype):

@@ -33,7 +33,7 @@ import torch
 from ..pulid_core import flux as core_flux
 from ..pulid_core.errors import PuLIDError
 from ..pulid_core.options import check_mask_batch, mask_for_area
-from .run_options import bind_run_options, chunk_areas
+from .run_options import bind_run_options, chunk_areas, chunk_kinds
 from .sigma_gate import SigmaGate
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class FluxIDContext:
 
     def add(self, img: torch.Tensor, ca: int, options) -> torch.Tensor:
         """``img`` [B, N, C] (only the image tokens of the latent grid) plus this identity."""
-        chunks = options.get("cond_or_uncond") or [0]
+        chunks = chunk_kinds(options) or (0,)  # each chunk's prompt: cond or uncond (run_options)
         rows = core_flux.select_rows(chunks, img.shape[0], self.cond, self.uncond)
         mask = None
         if self.mask is not None:

@@ -5,7 +5,13 @@ Two wrappers registered on the Apply node's own clone (ComfyUI's documented wrap
 sampling run or one batched model call, never into the model's own options:
 
 - OUTER_SAMPLE: the ``model_sampling`` of the model that is sampled (a ModelSampling node
-  after the Apply node changes it), for start_at/end_at (see sigma_gate).
+  after the Apply node changes it), for start_at/end_at (see sigma_gate); and the kind of each of
+  the guider's prompts by uuid. ComfyUI's ``cond_or_uncond`` is each chunk's *position* in the
+  list a guider hands ``calc_cond_batch`` (comfy/samplers.py), which means cond 0 / uncond 1 only
+  for CFGGuider's [positive, negative]: DualCFGGuider runs [negative, middle, positive],
+  PerpNegGuider [positive, negative, empty], Self-Attention Guidance [negative] alone. A prompt is
+  an uncond one when the guider holds it as "negative" or ComfyUI marks it ``prompt_type:
+  negative`` (DualCFG's middle, PerpNeg's empty prompt), as ``encode_model_conds`` reads them.
 - CALC_COND_BATCH: the latent area of every area-restricted cond (ConditioningSetArea, or
   ConditioningSetMask with "mask bounds"), keyed by the cond's uuid. ComfyUI runs such a cond
   on the cropped latent only, so a patch sees a smaller token grid; an attn_mask given for the
@@ -17,6 +23,8 @@ from __future__ import annotations
 # transformer_options keys
 RUN_SAMPLING = "comfyui_pulid.model_sampling"
 COND_AREAS = "comfyui_pulid.cond_areas"  # ((latent height, width), {uuid: (y, x, h, w)})
+COND_KINDS = "comfyui_pulid.cond_kinds"  # {uuid: 0 (cond) or 1 (uncond)} of the guider's prompts
+COND, UNCOND = 0, 1  # ComfyUI's values in cond_or_uncond for CFGGuider's two prompts
 WRAPPER_KEY = "comfyui-pulid.run"
 
 
@@ -27,8 +35,31 @@ def _with_run_sampling(executor, *args, **kwargs):
     patcher = getattr(guider, "model_patcher", None)
     options = getattr(guider, "model_options", None)
     if patcher is not None and isinstance(options, dict):
-        options.setdefault("transformer_options", {})[RUN_SAMPLING] = patcher.get_model_object("model_sampling")
+        transformer = options.setdefault("transformer_options", {})
+        transformer[RUN_SAMPLING] = patcher.get_model_object("model_sampling")
+        transformer[COND_KINDS] = _prompt_kinds(getattr(guider, "conds", None) or getattr(guider, "original_conds", None))
     return executor(*args, **kwargs)
+
+
+def _prompt_kinds(conds) -> dict:
+    """{uuid: COND or UNCOND} of a guider's prompts ({name: [cond dicts]})."""
+    kinds = {}
+    for name, group in (conds.items() if isinstance(conds, dict) else ()):
+        for cond in group or ():
+            if isinstance(cond, dict) and cond.get("uuid") is not None:
+                negative = name == "negative" or cond.get("prompt_type") == "negative"
+                kinds[cond["uuid"]] = UNCOND if negative else COND
+    return kinds
+
+
+def chunk_kinds(options) -> tuple:
+    """Per cond/uncond chunk of a patched call, COND or UNCOND: the kind of its prompt where the
+    guider's prompts are known (by uuid), else ComfyUI's cond_or_uncond entry (1 = uncond)."""
+    positions = tuple(options.get("cond_or_uncond") or ())
+    kinds, uuids = options.get(COND_KINDS), options.get("uuids")
+    if not kinds or not uuids or len(uuids) != len(positions):
+        return positions
+    return tuple(kinds.get(u, p) for u, p in zip(uuids, positions))
 
 
 def _latent_area(area, height: int, width: int):
