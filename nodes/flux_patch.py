@@ -62,7 +62,11 @@ def grid_wrapper(executor, *args, **kwargs):
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or not isinstance(options, dict):
         return executor(*args, **kwargs)
     grid = core_flux.token_grid(x.shape[-2], x.shape[-1])
-    bound.arguments["transformer_options"] = {**options, GRID: grid, LATENT: tuple(x.shape[-2:]), STREAMS: {}}
+    # The text length the double blocks will record; seeded from the context for a forward whose
+    # PuLID double blocks do not run (SkipLayerGuidanceDiT skipping all of them).
+    context = bound.arguments.get("context")
+    streams = {"txt": int(context.shape[1])} if isinstance(context, torch.Tensor) and context.ndim == 3 else {}
+    bound.arguments["transformer_options"] = {**options, GRID: grid, LATENT: tuple(x.shape[-2:]), STREAMS: streams}
     return executor(*bound.args, **bound.kwargs)
 
 

@@ -388,16 +388,22 @@ class PuLIDPhotoMakerEncode(io.ComfyNode):
         id_embeds = face_embeddings(face_analysis, images) if model.version == "v2" else None
         pixels = preprocess_id_images(images, size=model.image_size)
 
-        cond, pooled = clip.encode_from_tokens(id_tokens, return_pooled=True)
-        cond = fuse_prompt(photomaker, pixels, cond, mask, id_embeds)
+        # As a dict, as CLIPTextEncode encodes: with the pooled output and what the CLIP adds for the
+        # sampler (SetClipHooks' hooks, which apply a hook LoRA's UNet half while this prompt samples).
+        id_options = clip.encode_from_tokens(id_tokens, return_pooled=True, return_dict=True)
+        cond = fuse_prompt(photomaker, pixels, id_options.pop("cond"), mask, id_embeds)
         boundary = style_boundary(style_strength)
         if boundary is None:
-            return io.NodeOutput([[cond, {"pooled_output": pooled}]])
-        text_cond, text_pooled = clip.encode_from_tokens(text_tokens, return_pooled=True)
+            return io.NodeOutput([[cond, id_options]])
+        text_options = clip.encode_from_tokens(text_tokens, return_pooled=True, return_dict=True)
+        text_cond = text_options.pop("cond")
+        # The style-strength split in clip_start/end_percent: ComfyUI intersects these with
+        # start/end_percent (comfy/samplers.py), so a ConditioningSetTimestepRange after this node
+        # narrows both entries instead of overwriting the split.
         return io.NodeOutput(
             [
-                [text_cond, {"pooled_output": text_pooled, "start_percent": 0.0, "end_percent": boundary}],
-                [cond, {"pooled_output": pooled, "start_percent": boundary, "end_percent": 1.0}],
+                [text_cond, {**text_options, "clip_start_percent": 0.0, "clip_end_percent": boundary}],
+                [cond, {**id_options, "clip_start_percent": boundary, "clip_end_percent": 1.0}],
             ]
         )
 

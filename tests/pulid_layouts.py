@@ -249,3 +249,14 @@ def photomaker_shapes(
                 }
             )
     return shapes
+
+
+def official_encoder_state(layout: dict, fill) -> dict:
+    """A released PuLID SDXL layout (key -> shape) with its encoder filled by official key
+    (``fill(key, shape)``) and the 140 ID K/V layers only 8 wide: enough for the loader's structure
+    checks, and the encoder does not use them."""
+    state = {k: fill(k, s) for k, s in layout.items() if k.startswith("id_adapter.")}
+    for k, s in layout.items():
+        if k.startswith("id_adapter_attn_layers."):
+            state[k] = fill(k, (8, s[1]))
+    return state

@@ -87,3 +87,12 @@ def si(pack):
     import importlib
 
     return importlib.import_module("comfy_testpack.stand_ins_photomaker")
+
+
+@pytest.fixture(scope="module")
+def flux_embeds(loaded, face_image):
+    """PuLID-FLUX ID embeddings of the test face, through 'Encode Face (PuLID)'."""
+    from comfyui_pulid.nodes.embeds import PuLIDEncodeFace
+
+    return PuLIDEncodeFace.execute(loaded["flux"], loaded["eva"], loaded["face"], face_image, "largest", 0,
+                                   "error", "average").result[0]

@@ -1,5 +1,6 @@
-"""The PuLID-patched MODEL combined with ComfyUI's own sampling features (defects a review found on
-2026-11-28, kept as regression tests; each docstring says what happened before the fix).
+"""PuLID (SDXL, FLUX) and PhotoMaker combined with ComfyUI's own sampling and conditioning nodes
+(defects two reviews found on 2026-11-28, kept as regression tests; each docstring says what
+happened before the fix).
 
 Everything runs in process with the tiny SDXL / FLUX.1 of tests/comfy_testpack, sampled as ComfyUI's
 executor runs a node (under ``torch.inference_mode``), through ``comfy.sample.sample`` or a guider's
@@ -31,11 +32,28 @@ def sdxl_embeds(loaded, face_image):
 
 
 @pytest.fixture(scope="module")
-def flux_embeds(loaded, face_image):
-    from comfyui_pulid.nodes.embeds import PuLIDEncodeFace
+def ph(pack):
+    import importlib
 
-    return PuLIDEncodeFace.execute(loaded["flux"], loaded["eva"], loaded["face"], face_image, "largest", 0,
-                                   "error", "average").result[0]
+    pack.nodes.node_list()  # registers the pack's model folders
+    return importlib.import_module("comfyui_pulid.nodes.photomaker")
+
+
+@pytest.fixture(scope="module")
+def pm(ph, si, tiny_sdxl, tmp_path_factory):
+    """(MODEL with the bundled LoRA, photomaker) of a tiny PhotoMaker v1 file, through the loader node."""
+    import folder_paths
+
+    folder = tmp_path_factory.mktemp("photomaker_review")
+    si.write_tiny_photomaker(folder / "photomaker-v1.bin")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(folder_paths.folder_names_and_paths, "photomaker", ([str(folder)], {".bin"}))
+        yield ph.PuLIDPhotoMakerLoader.execute(tiny_sdxl[0], "photomaker-v1.bin", 1.0).result
+
+
+def images(n, seed=0, h=96, w=128):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(n, h, w, 3, generator=gen)
 
 
 def pulid(model, loaded, embeds, method="fidelity", weight=1.0, attn_mask=None):
@@ -45,10 +63,10 @@ def pulid(model, loaded, embeds, method="fidelity", weight=1.0, attn_mask=None):
                                     attn_mask=attn_mask).result[0]
 
 
-def pulid_flux(model, loaded, embeds, weight=1.0):
+def pulid_flux(model, loaded, embeds, weight=1.0, start_at=0.0, end_at=1.0, attn_mask=None):
     from comfyui_pulid.nodes.flux import PuLIDFluxApplyEmbeds
 
-    return PuLIDFluxApplyEmbeds.execute(model, loaded["flux"], embeds, weight, 0.0, 1.0).result[0]
+    return PuLIDFluxApplyEmbeds.execute(model, loaded["flux"], embeds, weight, start_at, end_at, attn_mask).result[0]
 
 
 def attn2(model):
@@ -88,13 +106,13 @@ def run_guider(guider, latent, steps=1, scheduler="normal", seed=0):
                              seed=seed)
 
 
-def ksample(model, positive, negative, latent, steps=1, cfg=5.0, seed=0):
-    """What KSampler does (euler / normal)."""
+def ksample(model, positive, negative, latent, steps=1, cfg=5.0, seed=0, scheduler="normal"):
+    """What KSampler does (euler)."""
     import comfy.sample
 
     noise = comfy.sample.prepare_noise(latent, seed)
     with torch.inference_mode():
-        return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative, latent,
+        return comfy.sample.sample(model, noise, steps, cfg, "euler", scheduler, positive, negative, latent,
                                    disable_pbar=True, seed=seed)
 
 
@@ -271,3 +289,93 @@ def test_two_masked_identities_do_not_depend_on_the_order_of_the_apply_nodes(tin
     assert biggest(first - ksample(model, positive, negative, latent)) > 1.0
     torch.testing.assert_close(second, first, rtol=0, atol=1e-4 * biggest(first),
                                msg=lambda m: f"two masked identities: the image depends on the Apply order:\n{m}")
+
+
+# -- 5. PhotoMaker drops SetClipHooks' conditioning hooks ------------------------------------------
+def test_photomaker_encode_keeps_the_clip_hooks_on_its_conditioning(ph, pm, tiny_sdxl):
+    """ComfyUI's hook LoRAs: CreateHookLora -> SetClipHooks (apply_to_conds=True) on the CLIP, then any
+    text encode. CLIPTextEncode (``clip.encode_from_tokens_scheduled``) puts the CLIP's hook group on
+    every conditioning entry ("hooks"), and the sampler applies the hook's MODEL-side LoRA weights
+    while that prompt is sampled (comfy/samplers.py, hooks per cond). PhotoMaker Encode calls
+    ``clip.encode_from_tokens(..., return_pooled=True)``, which never adds the hooks, so its
+    conditioning has no "hooks" key: the UNet half of the hooked LoRA silently does nothing for the
+    PhotoMaker prompt (CLIP half applied, model half not). A user expects the same hooks on the
+    PhotoMaker conditioning as CLIPTextEncode gives, on both the text-only and the ID entry."""
+    import comfy.hooks
+    from comfy_extras.nodes_hooks import SetClipHooks
+
+    from nodes import CLIPTextEncode
+
+    hooks = comfy.hooks.create_hook_lora({}, 1.0, 1.0)
+    clip = SetClipHooks().apply_hooks(tiny_sdxl[1], False, True, hooks)[0]
+    reference = CLIPTextEncode().encode(clip, "a photo of a man, colorful")[0]
+    assert all("hooks" in entry[1] for entry in reference)  # ComfyUI's own encode carries them
+    (conds,) = ph.PuLIDPhotoMakerEncode.execute(clip, pm[1], images(1), "a photo of a man img, colorful", "img",
+                                                20.0).result
+    assert [entry[1].get("hooks") for entry in conds] == [reference[0][1]["hooks"]] * len(conds)
+
+
+# -- 6. PhotoMaker's style-strength split is destroyed by ConditioningSetTimestepRange -------------
+def _active_at(model, conditioning, percent):
+    """Indexes of the conditioning entries ComfyUI samples at ``percent`` of the schedule (the
+    comparisons of comfy/samplers.py get_area_and_mult after calculate_start_end_timesteps)."""
+    import comfy.sampler_helpers
+    import comfy.samplers
+
+    conds = comfy.sampler_helpers.convert_cond(conditioning)
+    comfy.samplers.calculate_start_end_timesteps(model.model, conds)
+    sigma = model.get_model_object("model_sampling").percent_to_sigma(percent)
+    active = []
+    for i, c in enumerate(conds):
+        if "timestep_start" in c and sigma > c["timestep_start"]:
+            continue
+        if "timestep_end" in c and sigma < c["timestep_end"]:
+            continue
+        active.append(i)
+    return active
+
+
+def test_photomaker_style_steps_survive_conditioning_set_timestep_range(ph, pm, tiny_sdxl):
+    """PhotoMaker Encode with style_strength 20 returns two entries, the text-only prompt on 0..0.2 and
+    the ID prompt on 0.2..1, as start_percent/end_percent. A common graph restricts a prompt to part
+    of the schedule with ComfyUI's ConditioningSetTimestepRange (e.g. the PhotoMaker prompt on 0..0.5,
+    another prompt after it). That node overwrites start/end_percent on every entry, so today both
+    entries get 0..0.5 and ComfyUI samples the text-only AND the ID prompt together on every step of
+    that range (their predictions averaged): the style-strength steps are gone and the identity is
+    diluted, silently. A user expects the range to narrow the PhotoMaker schedule: text-only on
+    0..0.2, ID on 0.2..0.5. ComfyUI has keys for exactly this, the ones SetClipHooks' scheduled
+    encodes use: ``clip_start_percent``/``clip_end_percent`` are intersected with start/end_percent
+    (comfy/samplers.py calculate_start_end_timesteps)."""
+    from nodes import ConditioningSetTimestepRange
+
+    model = tiny_sdxl[0]
+    (conds,) = ph.PuLIDPhotoMakerEncode.execute(tiny_sdxl[1], pm[1], images(1), "a photo of a man img", "img",
+                                                20.0).result
+    assert _active_at(model, conds, 0.1) == [0] and _active_at(model, conds, 0.4) == [1]  # as encoded
+    ranged = ConditioningSetTimestepRange().set_range(conds, 0.0, 0.5)[0]
+    assert _active_at(model, ranged, 0.1) == [0], "text-only steps: only the text-only prompt"
+    assert _active_at(model, ranged, 0.4) == [1], "ID steps: only the ID prompt"
+    assert _active_at(model, ranged, 0.8) == [], "outside the range: neither"
+
+
+# -- 7. PuLID-FLUX single blocks refuse a pass in which no PuLID double block ran ------------------
+def test_flux_single_blocks_work_when_skip_layer_guidance_skips_the_pulid_double_blocks(tiny_flux, loaded,
+                                                                                       flux_embeds):
+    """SkipLayerGuidanceDiTSimple (core, advanced/guidance) replaces the listed blocks in the uncond pass
+    with a pass-through, on top of whatever occupies them, the PuLID patches included. The PuLID
+    single-block patches learn where the image starts in ``cat(txt, img)`` only from the PuLID
+    *double*-block patches of the same forward (flux_patch STREAMS); when the skipped layers cover
+    the ten PuLID double blocks (0, 2, ..., 18), every single-block patch raises "the text length of
+    this forward is unknown ... apply PuLID-FLUX with the pack's Apply node", which the user did, and
+    the whole sampling fails. A user expects the skip pass to sample (the single-block identity added
+    at the image tokens as in any other pass): the text length is known without the double blocks,
+    e.g. from the forward's context in grid_wrapper or as the sequence length minus the grid and
+    reference tokens."""
+    from comfy_extras.nodes_slg import SkipLayerGuidanceDiTSimple
+
+    positive, negative = flux_prompts()
+    model = pulid_flux(tiny_flux, loaded, flux_embeds)
+    slg = SkipLayerGuidanceDiTSimple.execute(model, 0.0, 1.0, ", ".join(str(i) for i in range(0, 19, 2)),
+                                             "7, 8, 9").result[0]
+    out = ksample(slg, positive, negative, torch.zeros(1, 16, 8, 8), steps=1, cfg=2.0, scheduler="simple")
+    assert torch.isfinite(out).all()

@@ -13,11 +13,8 @@ pytestmark = pytest.mark.comfy
 
 
 @pytest.fixture(scope="module")
-def embeds(loaded, face_image):
-    from comfyui_pulid.nodes.embeds import PuLIDEncodeFace
-
-    return PuLIDEncodeFace.execute(loaded["flux"], loaded["eva"], loaded["face"], face_image, "largest", 0,
-                                   "error", "average").result[0]
+def embeds(flux_embeds):
+    return flux_embeds
 
 
 def apply(model, loaded, embeds, weight=1.0, start_at=0.0, end_at=1.0, attn_mask=None):

@@ -379,8 +379,8 @@ def test_encode_v1_fuses_every_image_and_schedules_the_text_prompt(ph, loaded, p
     want_text, want_pooled = clip.encode_from_tokens(clip.tokenize("a photo of a man, colorful"), return_pooled=True)
     torch.testing.assert_close(text_cond, want_text)
     torch.testing.assert_close(text_opts["pooled_output"], want_pooled)
-    assert (text_opts["start_percent"], text_opts["end_percent"]) == (0.0, id_opts["start_percent"])
-    assert id_opts["end_percent"] == 1.0 and id_opts["start_percent"] == pytest.approx(0.2, abs=2e-3)
+    assert (text_opts["clip_start_percent"], text_opts["clip_end_percent"]) == (0.0, id_opts["clip_start_percent"])
+    assert id_opts["clip_end_percent"] == 1.0 and id_opts["clip_start_percent"] == pytest.approx(0.2, abs=2e-3)
 
     # Style strength 0: the ID prompt on every step.
     (single,) = ph.PuLIDPhotoMakerEncode.execute(clip, loaded["v1"][1], refs, text, "img", 0.0).result

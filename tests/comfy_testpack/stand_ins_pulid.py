@@ -122,7 +122,7 @@ def write_tiny_embeds(path: Path) -> None:
     gen = torch.Generator().manual_seed(14)
     tensors = {"cond": torch.randn(1, 32, TOKEN_DIM, generator=gen), "uncond": torch.randn(1, 32, TOKEN_DIM, generator=gen)}
     save_file(tensors, str(path), metadata={"format": "comfyui-pulid/id-embeds/1", "pulid_version": "v1.1",
-                                            "images": "1", "combine": "average", "extra": "{}"})
+                                            "images": "1", "combine": "idformer", "extra": "{}"})
 
 
 def _write_retinaface(path: Path) -> None:

@@ -1,7 +1,6 @@
 """PhotoMaker v1/v2 ID encoder: parity with the authors' code and loader behaviour."""
 
 import json
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from pulid_core.errors import ModelFileError, PuLIDError
 from pulid_core.photomaker import PhotoMakerModel, load_photomaker
 from pulid_layouts import photomaker_shapes
-from tests import detfill
+from tests import detfill, fastfill
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "golden"
 
@@ -25,45 +24,9 @@ def _layout(version):
     return LAYOUTS[name]
 
 
-# --- fast detfill ---------------------------------------------------------------
-# detfill.values() allocates several full-size temporaries; the full-size encoders hold
-# 543 M values, so the same splitmix64 stream is computed here in cache-sized chunks
-# (checked bit for bit against detfill below).
-
-_M = [np.uint64(m) for m in (0x9E3779B97F4A7C15, 0xD1B54A32D192ED03, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)]
-
-
-def _values(key, n, chunk=1 << 16):
-    with np.errstate(over="ignore"):
-        base = np.uint64(zlib.crc32(key.encode("utf-8"))) * _M[1]
-        out = np.empty(n, np.float64)
-        idx = np.arange(chunk, dtype=np.uint64)
-        x = np.empty(chunk, np.uint64)
-        t = np.empty(chunk, np.uint64)
-        for s in range(0, n, chunk):
-            m = min(chunk, n - s)
-            xv, tv = x[:m], t[:m]
-            np.multiply(idx[:m] + np.uint64(s), _M[0], out=xv)
-            xv += base
-            for shift, mult in ((30, _M[2]), (27, _M[3])):
-                np.right_shift(xv, np.uint64(shift), out=tv)
-                xv ^= tv
-                xv *= mult
-            np.right_shift(xv, np.uint64(31), out=tv)
-            xv ^= tv
-            xv >>= np.uint64(11)
-            o = out[s : s + m]
-            o[:] = xv
-            o *= 2.0 / float(2**53)
-            o -= 1.0
-    return out
-
-
 def fill(name, shape, salt=SALT):
-    """detfill.tensor(name, shape, salt) as a torch tensor, computed faster."""
-    shape = tuple(int(s) for s in shape)
-    n = int(np.prod(shape)) if shape else 1
-    return torch.from_numpy(detfill.scale(name, _values(salt + name, n).reshape(shape)))
+    """detfill.tensor(name, shape, salt) as a torch tensor, computed faster (tests/fastfill.py)."""
+    return fastfill.fill(name, shape, salt)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from pulid_core import load_pulid
 from pulid_core.errors import PuLIDError
-from pulid_layouts import to_ipadapter_layout
+from pulid_layouts import official_encoder_state, to_ipadapter_layout
 from tests import detfill
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
@@ -26,14 +26,7 @@ def fill(name, shape):
 
 
 def official_state_dict(layout_prefix: str) -> dict:
-    """Encoder weights from detfill by official key; the 140 ID K/V layers only 8 wide (cheap),
-    which is enough for the loader's structure checks and does not touch the encoder."""
-    layout = next(v for k, v in LAYOUTS.items() if k.startswith(layout_prefix))
-    state = {k: fill(k, s) for k, s in layout.items() if k.startswith("id_adapter.")}
-    for k, s in layout.items():
-        if k.startswith("id_adapter_attn_layers."):
-            state[k] = fill(k, (8, s[1]))
-    return state
+    return official_encoder_state(next(v for k, v in LAYOUTS.items() if k.startswith(layout_prefix)), fill)
 
 
 @pytest.fixture(scope="module")

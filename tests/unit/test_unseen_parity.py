@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 
 from pulid_core import load_pulid
 from pulid_core.attention import id_attention, id_attention_prepared, prepare_id_kv, select_rows
-from pulid_layouts import pulid_shapes
-from tests import detfill
+from pulid_layouts import official_encoder_state, pulid_shapes
+from tests import detfill, fastfill
 
 SALT = "unseen:"
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -180,14 +180,7 @@ def test_id_attention_large_logits(attn_adapter, attn_golden):
 
 
 def official_state_dict(layout_prefix: str) -> dict:
-    """The encoder filled by official key; the 140 ID K/V layers only 8 wide (the encoder does not
-    use them; the loader checks their structure)."""
-    layout = next(v for k, v in LAYOUTS.items() if k.startswith(layout_prefix))
-    state = {k: fill(k, s) for k, s in layout.items() if k.startswith("id_adapter.")}
-    for k, s in layout.items():
-        if k.startswith("id_adapter_attn_layers."):
-            state[k] = fill(k, (8, s[1]))
-    return state
+    return official_encoder_state(next(v for k, v in LAYOUTS.items() if k.startswith(layout_prefix)), fill)
 
 
 @pytest.fixture(scope="module")
@@ -337,47 +330,8 @@ def test_eva_clip_another_image():
 
 # --- PhotoMaker v1 / v2 ID encoders (full size) --------------------------------------------------
 
-_M = [np.uint64(m) for m in (0x9E3779B97F4A7C15, 0xD1B54A32D192ED03, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)]
-
-
-def _fast_values(key, n, chunk=1 << 16):
-    """detfill.values(key, n) in cache-sized chunks (the full-size encoders hold 543 M values)."""
-    import zlib
-
-    with np.errstate(over="ignore"):
-        base = np.uint64(zlib.crc32(key.encode("utf-8"))) * _M[1]
-        out = np.empty(n, np.float64)
-        idx = np.arange(chunk, dtype=np.uint64)
-        x = np.empty(chunk, np.uint64)
-        t = np.empty(chunk, np.uint64)
-        for s in range(0, n, chunk):
-            m = min(chunk, n - s)
-            xv, tv = x[:m], t[:m]
-            np.multiply(idx[:m] + np.uint64(s), _M[0], out=xv)
-            xv += base
-            for shift, mult in ((30, _M[2]), (27, _M[3])):
-                np.right_shift(xv, np.uint64(shift), out=tv)
-                xv ^= tv
-                xv *= mult
-            np.right_shift(xv, np.uint64(31), out=tv)
-            xv ^= tv
-            xv >>= np.uint64(11)
-            o = out[s: s + m]
-            o[:] = xv
-            o *= 2.0 / float(2**53)
-            o -= 1.0
-    return out
-
-
 def fast_fill(name, shape):
-    shape = tuple(int(s) for s in shape)
-    return torch.from_numpy(detfill.scale(name, _fast_values(SALT + name, int(np.prod(shape))).reshape(shape)))
-
-
-def test_fast_fill_is_detfill():
-    for name, shape in (("id_encoder.visual_projection.weight", (768, 1024)), ("input.pm.id_embeds_u", (3, 512)),
-                        ("x", (70001,))):
-        assert np.array_equal(fast_fill(name, shape).numpy(), detfill.tensor(name, shape, SALT))
+    return fastfill.fill(name, shape, SALT)
 
 
 def pm_layout(version):
