@@ -399,11 +399,12 @@ class PuLIDPhotoMakerEncode(io.ComfyNode):
         text_cond = text_options.pop("cond")
         # The style-strength split in clip_start/end_percent: ComfyUI intersects these with
         # start/end_percent (comfy/samplers.py), so a ConditioningSetTimestepRange after this node
-        # narrows both entries instead of overwriting the split.
+        # narrows both entries instead of overwriting the split. The ID entry first: ConditioningAverage
+        # / Concat take only the first entry of their "from" input, which then keeps the identity.
         return io.NodeOutput(
             [
-                [text_cond, {**text_options, "clip_start_percent": 0.0, "clip_end_percent": boundary}],
                 [cond, {**id_options, "clip_start_percent": boundary, "clip_end_percent": 1.0}],
+                [text_cond, {**text_options, "clip_start_percent": 0.0, "clip_end_percent": boundary}],
             ]
         )
 

@@ -351,11 +351,29 @@ def test_photomaker_style_steps_survive_conditioning_set_timestep_range(ph, pm, 
     model = tiny_sdxl[0]
     (conds,) = ph.PuLIDPhotoMakerEncode.execute(tiny_sdxl[1], pm[1], images(1), "a photo of a man img", "img",
                                                 20.0).result
-    assert _active_at(model, conds, 0.1) == [0] and _active_at(model, conds, 0.4) == [1]  # as encoded
+    text_only, with_id = 1, 0  # the entries' order
+    assert _active_at(model, conds, 0.1) == [text_only] and _active_at(model, conds, 0.4) == [with_id]  # as encoded
     ranged = ConditioningSetTimestepRange().set_range(conds, 0.0, 0.5)[0]
-    assert _active_at(model, ranged, 0.1) == [0], "text-only steps: only the text-only prompt"
-    assert _active_at(model, ranged, 0.4) == [1], "ID steps: only the ID prompt"
+    assert _active_at(model, ranged, 0.1) == [text_only], "text-only steps: only the text-only prompt"
+    assert _active_at(model, ranged, 0.4) == [with_id], "ID steps: only the ID prompt"
     assert _active_at(model, ranged, 0.8) == [], "outside the range: neither"
+
+
+def test_conditioning_average_and_concat_from_photomaker_keep_the_identity(ph, pm, tiny_sdxl):
+    """ConditioningAverage and ConditioningConcat take only the first entry of their ``from`` input
+    (ComfyUI warns). PhotoMaker Encode listed its text-only entry first, so a style prompt averaged or
+    concatenated with PhotoMaker's output as ``from`` silently lost the identity; the ID entry is first
+    now."""
+    from nodes import ConditioningAverage, ConditioningConcat
+
+    clip = tiny_sdxl[1]
+    (conds,) = ph.PuLIDPhotoMakerEncode.execute(clip, pm[1], images(1), "a photo of a man img", "img", 20.0).result
+    with_id = next(c for c in conds if c[1]["clip_start_percent"] > 0)[0]
+    style = text(clip, "oil painting")
+    averaged = ConditioningAverage().addWeighted(style, conds, 0.0)[0]  # 0: all "from"
+    torch.testing.assert_close(averaged[0][0], with_id)
+    concatenated = ConditioningConcat().concat(style, conds)[0]
+    torch.testing.assert_close(concatenated[0][0][:, -with_id.shape[1]:], with_id)
 
 
 # -- 7. PuLID-FLUX single blocks refuse a pass in which no PuLID double block ran ------------------

@@ -367,7 +367,7 @@ def test_encode_v1_fuses_every_image_and_schedules_the_text_prompt(ph, loaded, p
     text = "a photo of a man img, colorful"
     refs = images(3)
     (conds,) = ph.PuLIDPhotoMakerEncode.execute(clip, loaded["v1"][1], refs, text, "img", 20.0).result
-    (text_cond, text_opts), (id_cond, id_opts) = conds
+    (id_cond, id_opts), (text_cond, text_opts) = conds  # the ID entry first (ConditioningAverage's 'from')
 
     id_tokens, mask, _ = ph.expand_prompt(clip, text, "img", 3)
     pixels = preprocess_id_images(list(refs), size=224)
@@ -534,7 +534,7 @@ def _record_phases(model, conds, scheduler, steps):
     """Which prompt ComfyUI's sampler used at each step: 'text', 'id' or 'both' (cfg 1: one call a step)."""
     import comfy.sample
 
-    names = ["text", "id"] if len(conds) == 2 else ["id"]
+    names = ["id", "text"] if len(conds) == 2 else ["id"]
     phases = []
 
     def unet(apply_model, args):
