@@ -249,8 +249,9 @@ class PuLIDLoadEmbeds(io.ComfyNode):
         if path is None:
             return embeds_file
         try:
-            if os.path.getsize(path) > MAX_FILE_BYTES:  # refused by the Load itself
-                return os.stat(path).st_mtime_ns
+            stat = os.stat(path)
+            if stat.st_size > MAX_FILE_BYTES:  # refused by the Load itself
+                return stat.st_mtime_ns
             digest = hashlib.sha256()
             with open(path, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -20,11 +20,12 @@ sampling run or one batched model call, never into the model's own options:
 
 from __future__ import annotations
 
+from ..pulid_core.rows import COND, UNCOND
+
 # transformer_options keys
 RUN_SAMPLING = "comfyui_pulid.model_sampling"
 COND_AREAS = "comfyui_pulid.cond_areas"  # ((latent height, width), {uuid: (y, x, h, w)})
 COND_KINDS = "comfyui_pulid.cond_kinds"  # {uuid: 0 (cond) or 1 (uncond)} of the guider's prompts
-COND, UNCOND = 0, 1  # ComfyUI's values in cond_or_uncond for CFGGuider's two prompts
 WRAPPER_KEY = "comfyui-pulid.run"
 
 
