@@ -90,34 +90,64 @@ class Subject:
                     env.anchor, state, index, embeds, method, WEIGHT, env.dtype, env.device))
 
 
+def compiled_kernel_in_use(env) -> bool:
+    """Whether this run's default path is the compiled CPU kernel (pulid_core.native): then the
+    same patches are also timed on torch's ops, the path of a machine without a C compiler."""
+    from comfyui_pulid.pulid_core import attention
+
+    return env.device.type == "cpu" and env.dtype == torch.float32 and attention.native_kernel() is not None
+
+
+def on_torch_ops(call):
+    """``call`` with the pack's ID branch on torch's ops instead of the compiled kernel (the module
+    attribute the patch looks up on every call, swapped for the call: about a microsecond)."""
+    from comfyui_pulid.nodes import attn_patch
+
+    default = attn_patch.id_attention_prepared
+    torch_ops = functools.partial(default, native=False)
+
+    def run(*args, **kwargs):
+        attn_patch.id_attention_prepared = torch_ops
+        try:
+            return call(*args, **kwargs)
+        finally:
+            attn_patch.id_attention_prepared = default
+    return run
+
+
 def id_branch(env, subject: Subject, resolution: int, plan: Plan) -> dict:
-    """Per layer shape: unpatched, ours and the anchor's calls, interleaved; ID branch per call and per step."""
+    """Per layer shape: unpatched, ours (and ours on torch's ops, where the default is the compiled
+    kernel) and the anchor's calls, interleaved; ID branch per call and per step."""
     groups = shape_groups(env.layers, resolution)
-    rows, step_ours, step_anchor = [], None, None
+    rows, steps = [], {}
+    both = compiled_kernel_in_use(env)
     for (width, heads, tokens, grid), keys in groups.items():
         q, k, v, eo = layer_inputs(width, heads, tokens, grid, keys[0], device=env.device, dtype=env.dtype)
         ours = subject.ours[keys[0]]
         fns = {"unpatched": lambda: unpatched_attention(q, k, v, heads),
                "ours": lambda: ours(q, k, v, dict(eo))}
+        if both:
+            fns["ours_torch"] = on_torch_ops(lambda: ours(q, k, v, dict(eo)))
         anchor = subject.anchor.get(width)
         if anchor is not None:
             fns["anchor"] = lambda: anchor(q, k, v, dict(eo))
         times = harness.interleaved(fns, plan.reps, plan.warmup, sync=env.sync)
-        d_ours = harness.differences(times, "ours", "unpatched")
         n_ours, n_anchor = len(keys), sum(models.anchor_fires(k_) for k_ in keys)
         row = {"width": width, "heads": heads, "tokens": tokens, "layers": n_ours, "anchor_layers": n_anchor,
-               "unpatched": harness.Stat.of(times["unpatched"]), "ours_id": harness.Stat.of(d_ours)}
-        step_ours = _accumulate(step_ours, d_ours, n_ours)
-        if anchor is not None:
-            d_anchor = harness.differences(times, "anchor", "unpatched")
-            row["anchor_id"] = harness.Stat.of(d_anchor)
-            step_anchor = _accumulate(step_anchor, d_anchor, n_anchor)
+               "unpatched": harness.Stat.of(times["unpatched"])}
+        for name in ("ours", "ours_torch", "anchor"):
+            if name in fns:
+                diffs = harness.differences(times, name, "unpatched")
+                row[f"{name}_id"] = harness.Stat.of(diffs)
+                steps[name] = _accumulate(steps.get(name), diffs, n_anchor if name == "anchor" else n_ours)
         rows.append(row)
-        log.info("%s %s %d² %d-wide x%d: ours %.2f ms%s", subject.version, subject.method, resolution, width,
+        log.info("%s %s %d² %d-wide x%d: ours %.2f ms%s%s", subject.version, subject.method, resolution, width,
                  n_ours, row["ours_id"].median * 1e3,
+                 f", on torch's ops {row['ours_torch_id'].median * 1e3:.2f} ms" if "ours_torch_id" in row else "",
                  f", anchor {row['anchor_id'].median * 1e3:.2f} ms" if "anchor_id" in row else "")
-    return {"per_call": rows, "step_ours": harness.Stat.of(step_ours),
-            "step_anchor": harness.Stat.of(step_anchor) if step_anchor else None}
+    return {"per_call": rows, "step_ours": harness.Stat.of(steps["ours"]),
+            "step_ours_torch": harness.Stat.of(steps["ours_torch"]) if "ours_torch" in steps else None,
+            "step_anchor": harness.Stat.of(steps["anchor"]) if "anchor" in steps else None}
 
 
 def _accumulate(total, diffs, count):
@@ -148,6 +178,10 @@ def counts(env, subject: Subject) -> dict:
         got = harness.kernels_and_syncs(lambda: candidates["ours"](q, k, v, dict(eo)))
     out["ours_fused"] = dict(got, kernels_added=got["kernels"] - base["kernels"],
                              syncs_added=got["syncs"] - base["syncs"])
+    if compiled_kernel_in_use(env):  # "ours" ran the compiled kernel: the torch-ops path too
+        got = harness.kernels_and_syncs(on_torch_ops(lambda: candidates["ours"](q, k, v, dict(eo))))
+        out["ours_torch"] = dict(got, kernels_added=got["kernels"] - base["kernels"],
+                                 syncs_added=got["syncs"] - base["syncs"])
     return out
 
 
@@ -204,7 +238,20 @@ def run(plan: Plan, anchor_path) -> dict:
             log.info("unpatched step %d²: %.2f s", resolution, results["steps"][resolution].median)
     if env.device.type == "cuda":
         results["vram"] = {"peak_bytes": torch.cuda.max_memory_allocated(), "after_bytes": torch.cuda.memory_allocated()}
+    results["native_kernel"] = native_kernel_words(env)
     return results
+
+
+def native_kernel_words(env) -> str:
+    """Which CPU path "ours" ran (fp32 on the CPU only; elsewhere the fused one)."""
+    from comfyui_pulid.pulid_core import attention
+
+    if env.device.type != "cpu" or env.dtype != torch.float32:
+        return "not used (fused path)"
+    kernel = attention.native_kernel()
+    if kernel is None:
+        return "not built (no C compiler, or COMFYUI_PULID_NATIVE=0): torch's ops"
+    return f"compiled kernel `{kernel.path.name}`, " + ("on torch's OpenMP threads" if kernel.threaded else "one thread")
 
 
 # -- PuLID-FLUX ------------------------------------------------------------------------------

@@ -19,13 +19,18 @@ attention and ortho_v2's mass, in reused buffers.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from . import native as native_build
 from .errors import PuLIDError
+
+log = logging.getLogger(__name__)
 
 PROJECTIONS = ("none", "ortho", "ortho_v2")
 # ortho_v2 weighs the projection by the attention on the first five ID tokens (hard-coded by the
@@ -72,6 +77,12 @@ class PreparedIDKV(NamedTuple):
     mass_weights: torch.Tensor
     rest_cols: torch.Tensor
     mask_rest: torch.Tensor
+    # The compiled CPU kernel's layout (csrc/id_branch.c): ``k_t`` [B, heads, d, W] the first
+    # ``short`` keys transposed, zero-padded to W (a multiple of 16); ``bias_w`` [W] their logit
+    # bias (mask, -inf on the padding); ``rest_w`` [W] ortho_v2's rest weight per column (v_rest).
+    k_t: torch.Tensor
+    bias_w: torch.Tensor
+    rest_w: torch.Tensor
 
     @property
     def rows(self) -> int:
@@ -153,8 +164,13 @@ def prepare_id_kv(id_k: torch.Tensor, id_v: torch.Tensor, heads: int, weight, *,
     rest_cols = v_rest[:, :, :short, 0].reshape(1, heads * short).contiguous()
     # -inf stays -inf (also where 1 - scale is 0, d = 1: -inf * 0 would be NaN).
     mask_rest = torch.where(mask[:, :short].isinf(), mask[:, :short], mask[:, :short] * (1.0 - scale))
+    wide = short + -short % 16
+    k_t = F.pad(k[:, :, :short], (0, 0, 0, wide - short)).transpose(2, 3).contiguous()
+    bias_w = F.pad(mask[0, :short], (0, wide - short), value=-math.inf).contiguous()
+    rest_w = F.pad(v_rest[0, 0, :short, 0], (0, wide - short)).contiguous()
     return PreparedIDKV(k, v, v_rest.expand(k.shape[0], -1, -1, -1).contiguous(), mask, zero, tiny, one,
-                        scale, heads, short, power, mass_weights, rest_cols, mask_rest.view(1, short, 1))
+                        scale, heads, short, power, mass_weights, rest_cols, mask_rest.view(1, short, 1),
+                        k_t, bias_w, rest_w)
 
 
 def _mass_power(d: int, short: int, num_zero: int) -> int:
@@ -171,14 +187,14 @@ def _mass_power(d: int, short: int, num_zero: int) -> int:
 def select_rows(kv: PreparedIDKV, rows=None, batch: int | None = None) -> PreparedIDKV:
     """The keys/values of rows ``rows`` (row indices: a sequence or a LongTensor), or of one row
     broadcast to ``batch`` rows; contiguous, ready for a batch."""
-    k, v, v_rest = kv.k, kv.v, kv.v_rest
+    k, v, v_rest, k_t = kv.k, kv.v, kv.v_rest, kv.k_t
     if rows is not None:
         rows = rows.tolist() if isinstance(rows, torch.Tensor) else rows  # one read, not one per row
         index = torch.as_tensor([int(r) for r in rows], device=k.device)
-        k, v, v_rest = k[index], v[index], v_rest[index]
+        k, v, v_rest, k_t = k[index], v[index], v_rest[index], k_t[index]
     elif batch is not None:
-        k, v, v_rest = (t.expand(batch, -1, -1, -1) for t in (k, v, v_rest))
-    return kv._replace(k=k.contiguous(), v=v.contiguous(), v_rest=v_rest.contiguous())
+        k, v, v_rest, k_t = (t.expand(batch, -1, -1, -1) for t in (k, v, v_rest, k_t))
+    return kv._replace(k=k.contiguous(), v=v.contiguous(), v_rest=v_rest.contiguous(), k_t=k_t.contiguous())
 
 
 _TINY = torch.finfo(torch.float32).tiny
@@ -186,7 +202,8 @@ _TINY = torch.finfo(torch.float32).tiny
 
 def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV, projection: str,
                           mask: torch.Tensor | None = None, *, fused: bool | None = None,
-                          workspace: dict | None = None, inplace: bool = False) -> torch.Tensor:
+                          native: bool | None = None, workspace: dict | None = None,
+                          inplace: bool = False) -> torch.Tensor:
     """``base`` plus the ID term, with keys/values from :func:`prepare_id_kv` (one row per q row).
 
     Two ways to the same numbers; neither reads anything back from the device.
@@ -200,6 +217,10 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
     pass over the activations reads what the one before it left in the cache.
     ``None`` (default): the explicit path for fp32 on the CPU, the fused one elsewhere
     (GPUs, and fp16/bf16 CPU runs).
+    ``native`` (the explicit path on the CPU): ``None`` (default) runs it in the compiled kernel
+    (:mod:`.native`, one pass per token for the logits, softmax, I and the sums, a second for the
+    projection) where that is built and agreed with torch's ops; ``False`` on torch's ops; ``True``
+    requires the kernel.
     ``workspace``: a dict the caller keeps between calls; intermediate tensors (the projection's
     fp32 scratch, the explicit path's logits) then live in buffers reused across calls, one per
     shape (fresh CPU memory costs a page fault per 4 KiB, about as much time as the arithmetic).
@@ -222,7 +243,11 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
     if not fused:
         # With a mask the full result needs its own tensor (blended into base afterwards).
         full = base if in_place and mask is None else torch.empty_like(base, memory_format=torch.contiguous_format)
-        _explicit(base, q, kv, projection, full, workspace)
+        kernel = _native_for(native, q, base, full, kv)
+        if kernel is None:
+            _explicit(base, q, kv, projection, full, workspace)
+        else:
+            _explicit_native(kernel, base, q, kv, projection, full, workspace)
         return _masked(base, full, mask, into_base=in_place)
 
     ident, rest = _attend_fused(q, kv, projection == "ortho_v2")
@@ -357,6 +382,101 @@ def _explicit(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV, projection:
             torch.addcmul(ident[s:e], h[s:e], factor.view(e - s, heads, d), out=out[s:e])
 
 
+@functools.cache
+def native_kernel() -> native_build.Kernel | None:
+    """The compiled CPU kernel (:mod:`.native`), once per process: loaded, then checked against
+    torch's ops on small cases of every projection (both head-width code paths, zero tokens, a
+    partial last group of tokens, in place); None where it is unavailable or disagrees."""
+    kernel = native_build.load()
+    if kernel is None:
+        return None
+    gen = torch.Generator().manual_seed(7)
+    for heads, d, n, tokens, num_zero in ((2, 64, 37, 10, 3), (3, 8, 5, 2, 0), (1, 64, 70, 33, 0)):
+        q, h = (torch.randn(2, n, heads * d, generator=gen) for _ in range(2))
+        k, v = (torch.randn(2, tokens, heads * d, generator=gen) for _ in range(2))
+        kv = prepare_id_kv(k, v, heads, 0.7, num_zero=num_zero)
+        for projection in PROJECTIONS:
+            want = torch.empty_like(h)
+            _explicit(h, q, kv, projection, want, None)
+            got = torch.empty_like(h)
+            _explicit_native(kernel, h, q, kv, projection, got, None)
+            in_place = h.clone()
+            _explicit_native(kernel, in_place, q, kv, projection, in_place, None)
+            if not all(torch.allclose(x, want, rtol=1e-4, atol=1e-4) for x in (got, in_place)):
+                log.warning("comfyui-pulid: the compiled CPU ID-branch kernel (%s) disagrees with torch's ops "
+                            "(%s, %d heads of %d); torch's ops are used. Please report this with your CPU "
+                            "and compiler.", kernel.path, projection, heads, d)
+                return None
+    log.info("comfyui-pulid: the CPU ID branch runs in the compiled kernel %s (%s)", kernel.path,
+             "on torch's threads" if kernel.threaded else "on one thread")
+    return kernel
+
+
+# The kernel's limits (csrc/id_branch.c): at most 64 columns; thread shares up to 64.
+_NATIVE_MAX_COLUMNS = 64
+
+
+def _native_for(native: bool | None, q: torch.Tensor, base: torch.Tensor, full: torch.Tensor,
+                kv: PreparedIDKV) -> native_build.Kernel | None:
+    """The kernel for this call, None for torch's ops; raises where ``native=True`` cannot be met."""
+    if native is False:
+        return None
+    kernel = native_kernel()
+    why = None
+    if kernel is None:
+        why = "it is not built on this machine (no C compiler, or COMFYUI_PULID_NATIVE=0; see the log)"
+    elif q.device.type != "cpu":
+        why = "it runs on the CPU only"
+    elif kv.k_t.shape[-1] > _NATIVE_MAX_COLUMNS:
+        why = f"it takes at most {_NATIVE_MAX_COLUMNS} ID columns, not {kv.short}"
+    elif any(t.stride(-1) != 1 for t in (q, base, full)):
+        why = "it needs contiguous channels"
+    elif kernel.threads(torch.get_num_threads()) is None:
+        why = "it runs on one thread here and torch has several"
+    if why is None:
+        return kernel
+    if native:
+        raise PuLIDError(f"The compiled ID-branch kernel cannot run this call: {why}.")
+    return None
+
+
+def _explicit_native(kernel: native_build.Kernel, base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
+                     projection: str, full: torch.Tensor, workspace: dict | None) -> None:
+    """The explicit path in the compiled kernel: the full result into ``full`` (base itself, or a
+    new tensor), one batch row per call. Everything it touches is checked here (the kernel trusts
+    its pointers): fp32 on the CPU, channels contiguous, keys and values as prepare_id_kv lays
+    them out."""
+    batch, n, inner = q.shape
+    heads, d = kv.heads, inner // kv.heads
+    mode = PROJECTIONS.index(projection)  # 0 none, 1 ortho, 2 ortho_v2 (the kernel's numbering)
+    threads = kernel.threads(torch.get_num_threads()) or 1
+    for t in (q, base, full, kv.k_t, kv.v, kv.bias_w, kv.rest_w):
+        if t.dtype != torch.float32 or t.device.type != "cpu" or t.stride(-1) != 1:
+            raise PuLIDError("The compiled ID-branch kernel takes fp32 CPU tensors with contiguous channels.")
+    wide = kv.k_t.shape[-1]
+    if (base.shape != q.shape or full.shape != q.shape or kv.k_t.shape != (batch, heads, d, wide)
+            or not kv.k_t.is_contiguous() or not kv.v.is_contiguous() or kv.v.shape[:2] != (batch, heads)
+            or kv.v.shape[2] < kv.short or kv.v.shape[3] != d or kv.bias_w.shape != (wide,)
+            or kv.rest_w.shape != (wide,)):
+        raise PuLIDError(f"ID keys/values {tuple(kv.k_t.shape)} do not fit activations {tuple(q.shape)}.")
+    in_place = full.data_ptr() == base.data_ptr()
+    # I of a row, kept for the second pass when the result goes into base (the torch path's buffer).
+    ident = _buffer(workspace, "ident", (heads, n, d), torch.float32, q.device) if in_place and mode else None
+    rest = _buffer(workspace, "rest", (n, 1), torch.float32, q.device)
+    scratch = _buffer(workspace, "native", (kernel.lib.pulid_scratch_floats(heads, d, threads),), torch.float32,
+                      q.device)
+    lib = kernel.lib
+    # The last row first: ComfyUI's attention wrote its H (and read its q) last.
+    for r in reversed(range(batch)):
+        failed = lib.pulid_id_row(
+            q[r].data_ptr(), q.stride(1), base[r].data_ptr(), base.stride(1), full[r].data_ptr(), full.stride(1),
+            ident.data_ptr() if ident is not None else None, kv.k_t[r].data_ptr(), kv.v[r].data_ptr(),
+            kv.bias_w.data_ptr(), kv.rest_w.data_ptr(), rest.data_ptr(), scratch.data_ptr(),
+            n, heads, d, wide, kv.short, kv.v.shape[2] * d, kv.scale, _TINY, mode, threads)
+        if failed:
+            raise PuLIDError(f"The compiled ID-branch kernel refused its arguments ({tuple(q.shape)}, {heads} heads).")
+
+
 def _attend_segment(q: torch.Tensor, kv: PreparedIDKV, row: int, bias: torch.Tensor, mass: bool,
                     ident: torch.Tensor, rest: torch.Tensor | None, workspace: dict | None) -> None:
     """I of q [M, C] (one row's segment) onto the ID tokens of batch row ``row``, into ``ident``
@@ -433,6 +553,7 @@ def id_attention(
     mask: torch.Tensor | None = None,
     num_zero: int = 0,
     fused: bool | None = None,
+    native: bool | None = None,
 ) -> torch.Tensor:
     """``base`` plus PuLID's ID term, before to_out.
 
@@ -442,7 +563,7 @@ def id_attention(
     tensor of 1 or B per-row values. projection: "none" (H + s*I), "ortho"
     (H + s*(I - P)) or "ortho_v2" (H + s*(I + (m - 1)*P)), P being I projected onto H
     over the token axis per channel. mask: broadcastable to [B, N, 1] (or [B, N]),
-    multiplies the ID term. fused: see :func:`id_attention_prepared`. Returns base's dtype.
+    multiplies the ID term. fused, native: see :func:`id_attention_prepared`. Returns base's dtype.
     """
     if projection not in PROJECTIONS:
         raise PuLIDError(f"Unknown PuLID projection {projection!r}; use one of {', '.join(PROJECTIONS)}.")
@@ -458,4 +579,5 @@ def id_attention(
     if isinstance(weight, (int, float)) and weight == 0:
         return base.clone()
     kv = prepare_id_kv(id_k, id_v, heads, weight, num_zero=num_zero, device=q.device, dtype=q.dtype)
-    return id_attention_prepared(base, q, select_rows(kv, batch=batch), projection, mask, fused=fused)
+    return id_attention_prepared(base, q, select_rows(kv, batch=batch), projection, mask, fused=fused,
+                                 native=native)

@@ -6,10 +6,12 @@ per step otherwise."""
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
 
+from tests.attention_paths import native_buildable
 from tests.unit.test_attention_profile import budget, count_ops
 
 HEADS, WIDTH, TOKENS = 4, 64, 64
@@ -69,14 +71,26 @@ def extra(sigmas=None):
 
 
 @pytest.mark.parametrize("projection, num_zero", [("ortho_v2", 8), ("ortho", 16), ("none", 0)])
-def test_patched_call_adds_only_the_id_branch(adapter, projection, num_zero):
+@pytest.mark.parametrize("native", [False, True], ids=["torch-ops", "compiled"])
+def test_patched_call_adds_only_the_id_branch(adapter, projection, num_zero, native, monkeypatch):
+    # CPU fp32: the explicit path, on torch's ops or in the compiled kernel (pulid_core.native; then
+    # the patched call adds no torch op at all).
+    from comfyui_pulid.nodes import attn_patch
+
+    if native and not native_buildable():
+        pytest.skip("no C compiler: the compiled ID-branch kernel is not built here")
+    monkeypatch.setattr(attn_patch, "id_attention_prepared",
+                        functools.partial(attn_patch.id_attention_prepared, native=native))
     patch, _ = make_patch(adapter, projection, num_zero)
     q = torch.randn(2, TOKENS, WIDTH)
     eo = extra()
     patch(q, q, q, eo)  # fills the layer's cache
     kernels, syncs, names = count_ops(lambda: patch(q, q, q, eo))
     assert syncs == 0, names
-    assert kernels <= budget(projection, fused=False), names  # CPU fp32: the explicit path
+    if native:
+        assert kernels == 0, names
+    else:
+        assert kernels <= budget(projection, fused=False), names
 
 
 def test_upstream_output_is_never_written(adapter):

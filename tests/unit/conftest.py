@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from pulid_core import load_pulid
 from pulid_layouts import pulid_shapes, to_ipadapter_layout
 from tests import detfill
+from tests.attention_paths import ATTENTION_PATHS, native_buildable
 
 
 def fill_state_dict(shapes: dict, salt="tiny:", dtype=torch.float32) -> dict:
@@ -41,3 +42,12 @@ def c640_model(tiny_pulid_state_dict):
         state[f"id_adapter_attn_layers.1.id_to_{proj}.weight"] = torch.from_numpy(
             detfill.tensor(f"attn.c640.id_to_{proj}.weight", (640, 2048), "pub:"))
     return load_pulid(state)
+
+
+
+@pytest.fixture(params=list(ATTENTION_PATHS))
+def attention_path(request) -> dict:
+    """Keyword arguments of id_attention / id_attention_prepared for one path (tests/attention_paths.py)."""
+    if request.param == "native" and not native_buildable():
+        pytest.skip("no C compiler (or COMFYUI_PULID_NATIVE=0): the compiled ID-branch kernel is not built here")
+    return ATTENTION_PATHS[request.param]

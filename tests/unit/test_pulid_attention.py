@@ -147,9 +147,8 @@ def _written_out(base, q, k, v, heads, weight, projection):
     return base + weight * (ident + (mass - 1) * proj)
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "explicit"])
 @pytest.mark.parametrize("projection", ["ortho", "ortho_v2"])
-def test_zero_text_attention_row_gets_the_unprojected_id_term(projection, fused):
+def test_zero_text_attention_row_gets_the_unprojected_id_term(projection, attention_path):
     # A zeroed negative prompt gives H = 0 at every token of that row: nothing to project
     # onto, so the ID term is added unprojected instead of 0/0 = NaN. Row 1 has one channel
     # at 0 everywhere and is projected elsewhere.
@@ -159,8 +158,8 @@ def test_zero_text_attention_row_gets_the_unprojected_id_term(projection, fused)
     base = torch.randn(2, 16, 64, generator=gen)
     base[0] = 0.0
     base[1, :, 5] = 0.0
-    out = id_attention(base, q, k, k, 4, 0.8, projection, fused=fused)
-    plain = id_attention(base, q, k, k, 4, 0.8, "none", fused=fused)
+    out = id_attention(base, q, k, k, 4, 0.8, projection, **attention_path)
+    plain = id_attention(base, q, k, k, 4, 0.8, "none", **attention_path)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out[0], plain[0])
     assert (out[0] - base[0]).abs().max() > 0.1  # the ID term is there

@@ -23,6 +23,7 @@ from pulid_core import load_pulid
 from pulid_core.attention import id_attention, id_attention_prepared, prepare_id_kv, select_rows
 from pulid_layouts import official_encoder_state, pulid_shapes
 from tests import detfill, fastfill
+from tests.attention_paths import ATTENTION_PATHS, native_buildable
 
 SALT = "unseen:"
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -80,7 +81,7 @@ ATTN_WIDTHS = {
     640: (1, 100, 154, ["plain", "ortho", "ortho_v2", "ortho_v2_z20", "ortho_v2_z16_T15", "ortho_v2_z0_T32",
                         "ortho_v2_z8_T4", "ortho_v2_z0_T4", "ortho_z8_T4"]),
 }
-ATTN_PATHS = ("zero_rows", "num_zero_arg", "patch_explicit", "patch_fused")
+ATTN_PATHS = ("zero_rows", "num_zero_arg", "patch_explicit", "patch_native", "patch_fused")
 # "ortho_v2_z8_T4": fewer than 5 ID tokens with zero tokens appended. The authors' ortho_v2 sums the
 # attention over the first 5 *columns* (attn_mean[:, :, :5]), which then include min(num_zero, 5 - T)
 # zero tokens; prepare_id_kv's single zero column (the attn2 patch's path) once counted them all as
@@ -151,16 +152,19 @@ def attention_paths(model, width, mode, scale, x_scale=1.0):
             "num_zero_arg": id_attention(base, q, k[:, :tokens], v[:, :tokens], heads, scale, projection,
                                          num_zero=num_zero),
         }
-        for fused in (False, True):
+        # The patch's three paths (tests/unit/conftest.py ATTENTION_PATHS).
+        for path in ("explicit", "native", "fused") if native_buildable() else ("explicit", "fused"):
             kv = prepare_id_kv(k[:, :tokens], v[:, :tokens], heads, scale, num_zero=num_zero)
             kv = select_rows(kv, rows=[0, 1])
-            out[f"patch_{'fused' if fused else 'explicit'}"] = id_attention_prepared(
-                base.clone(), q, kv, projection, fused=fused, workspace={}, inplace=True)
+            out[f"patch_{path}"] = id_attention_prepared(base.clone(), q, kv, projection, workspace={}, inplace=True,
+                                                         **ATTENTION_PATHS[path])
     return out
 
 
 @pytest.mark.parametrize("width, mode, scale, path", ATTN_CASES)
 def test_id_attention_matches_official(attn_adapter, attn_golden, width, mode, scale, path):
+    if path == "patch_native" and not native_buildable():
+        pytest.skip("no C compiler: the compiled ID-branch kernel is not built here")
     out = attention_paths(attn_adapter, width, mode, scale)[path]
     assert out.shape == (2, ATTN_WIDTHS[width][1], width) and out.dtype == torch.float32
     diff = max_diff(attn_golden, f"c{width}.{mode}.s{scale}", out)

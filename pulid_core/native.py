@@ -1,0 +1,213 @@
+"""The optional compiled kernel of the ID branch on the CPU (fp32): ``csrc/id_branch.c``.
+
+Built on first use with the machine's C compiler (``$CC``, else cc, gcc or clang), for this CPU
+(``-march=native``), and cached per user; the next process only loads it. Where there is no
+compiler (typically Windows), or it fails, or ``COMFYUI_PULID_NATIVE=0`` is set, nothing is
+built and the ID branch runs on torch's ops, with the same numbers (:mod:`.attention` checks the
+kernel against them once before using it). Nothing here reads the network.
+
+Threads: the kernel is built with OpenMP where the compiler has it. Where its OpenMP runtime is
+torch's (Linux wheels ship ``libgomp.so.1``, which the loader shares by name with the kernel's
+own ``libgomp.so.1``), its parallel passes run on torch's own thread pool; with a runtime of its
+own its threads would fight torch's waiting ones for the cores, so it then runs on one thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import stat
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "id_branch.c"
+SWITCH = "COMFYUI_PULID_NATIVE"  # "0": never build or load the kernel
+# Flag sets tried in order: for this CPU with OpenMP; without OpenMP (Apple's clang has none);
+# for the compiler's default CPU (a compiler that does not know -march=native).
+FLAG_SETS = (
+    ("-O3", "-march=native", "-fno-math-errno", "-fopenmp"),
+    ("-O3", "-march=native", "-fno-math-errno"),
+    ("-O3", "-fno-math-errno"),
+)
+_COMMON = ("-shared", "-fPIC", "-Wno-psabi")
+BUILD_TIMEOUT_S = 180
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The loaded library. ``threaded``: its passes may use torch's thread count (see module doc)."""
+
+    lib: ctypes.CDLL
+    path: Path
+    threaded: bool
+
+    def threads(self, torch_threads: int) -> int | None:
+        """How many threads to run on, or None where torch's ops are the better choice (several
+        torch threads but a kernel confined to one)."""
+        if self.threaded:
+            return max(1, min(torch_threads, 64))
+        return 1 if torch_threads <= 1 else None
+
+
+def enabled() -> bool:
+    return os.environ.get(SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def compiler() -> str | None:
+    """The C compiler to use: ``$CC``, else the first of cc, gcc, clang on PATH; None on Windows
+    (its compilers do not take GCC's vector extensions)."""
+    if os.name == "nt":
+        return None
+    cc = os.environ.get("CC", "").strip()
+    if cc:
+        return shutil.which(cc)
+    for name in ("cc", "gcc", "clang"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def cache_dir() -> Path:
+    """A folder only this user can write: ``$XDG_CACHE_HOME`` (or ~/.cache)/comfyui-pulid/native,
+    else one in the temporary folder. A library is loaded only from such a folder."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for folder in (Path(base) / "comfyui-pulid" / "native",
+                   Path(tempfile.gettempdir()) / f"comfyui-pulid-native-{_uid()}"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if _private(folder):
+                return folder
+        except OSError:
+            continue
+    raise OSError("no private folder to build the ID-branch kernel in")
+
+
+def _uid() -> str:
+    return str(os.getuid()) if hasattr(os, "getuid") else "user"
+
+
+def _private(folder: Path) -> bool:
+    st = folder.stat()
+    mine = not hasattr(os, "getuid") or st.st_uid == os.getuid()
+    return mine and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: a home folder shared by different machines gets one build each."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features", "model name")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _key(cc: str, flags: tuple) -> str:
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = b""
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), cc.encode(), version, " ".join(flags + _COMMON).encode(),
+                 platform.machine().encode(), _cpu_signature().encode()):
+        h.update(part)
+        h.update(b"\0")
+    return h.hexdigest()[:20]
+
+
+def build(cc: str, folder: Path) -> Path | None:
+    """The library built from SOURCE (or found already built) in ``folder``; None if no flag set
+    compiles (the compiler's last message is logged)."""
+    error = ""
+    for flags in FLAG_SETS:
+        target = folder / f"id_branch-{_key(cc, flags)}.so"
+        if target.is_file():
+            return target
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+        os.close(fd)
+        try:
+            done = subprocess.run([cc, *flags, *_COMMON, "-o", tmp, str(SOURCE)], capture_output=True,
+                                  timeout=BUILD_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL)
+            if done.returncode == 0:
+                os.replace(tmp, target)  # atomic: a process beside this one loads a whole file or none
+                log.info("comfyui-pulid: built the CPU ID-branch kernel with %s %s", cc, " ".join(flags))
+                return target
+            error = done.stderr.decode(errors="replace").strip()[-2000:]
+        except (OSError, subprocess.SubprocessError) as exc:
+            error = str(exc)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    log.info("comfyui-pulid: the CPU ID-branch kernel did not compile with %s; torch's ops are used "
+             "(same numbers). Compiler said: %s", cc, error)
+    return None
+
+
+def _openmp_function(lib) -> int | None:
+    """Where ``lib``'s own symbol lookup (the library, then what it links) finds omp_get_max_threads:
+    one address per OpenMP runtime in the process; None without one."""
+    try:
+        return ctypes.cast(lib.omp_get_max_threads, ctypes.c_void_p).value
+    except AttributeError:
+        return None
+
+
+def _torch_openmp_function() -> int | None:
+    """The same for torch's CPU library (None where it is not a shared library beside torch, or has
+    no OpenMP)."""
+    import torch
+
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib"):
+        path = Path(torch.__file__).parent / "lib" / name
+        if path.is_file():
+            try:
+                return _openmp_function(ctypes.CDLL(str(path)))  # already loaded: its handle
+            except OSError:
+                return None
+    return None
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, n, f, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
+    lib.pulid_id_row.argtypes = [p, n, p, n, p, n, p, p, p, p, p, p, p, n, n, n, n, n, n, f, f, i, i]
+    lib.pulid_id_row.restype = i
+    lib.pulid_scratch_floats.argtypes = [n, n, i]
+    lib.pulid_scratch_floats.restype = n
+    lib.pulid_openmp.argtypes = []
+    lib.pulid_openmp.restype = i
+
+
+def load(folder: Path | None = None) -> Kernel | None:
+    """Build (or find) and load the kernel; None where it is switched off or cannot be built."""
+    if not enabled():
+        log.info("comfyui-pulid: %s=0: the CPU ID branch runs on torch's ops", SWITCH)
+        return None
+    cc = compiler()
+    if cc is None:
+        log.info("comfyui-pulid: no C compiler found; the CPU ID branch runs on torch's ops (same numbers)")
+        return None
+    try:
+        path = build(cc, folder or cache_dir())
+        if path is None:
+            return None
+        lib = ctypes.CDLL(str(path))
+        _declare(lib)
+    except (OSError, AttributeError) as exc:
+        log.info("comfyui-pulid: the CPU ID-branch kernel could not be loaded (%s); torch's ops are used", exc)
+        return None
+    # Other packages may bring OpenMP runtimes of their own (sentencepiece, a ComfyUI dependency,
+    # ships a renamed libgomp): what counts is that the kernel's runtime is torch's.
+    ours = _openmp_function(lib) if lib.pulid_openmp() else None
+    threaded = ours is not None and ours == _torch_openmp_function()
+    return Kernel(lib, path, threaded)

@@ -1,0 +1,230 @@
+"""The compiled CPU kernel of the ID branch (pulid_core/csrc/id_branch.c, pulid_core.native): built
+with the machine's compiler, cached, checked against torch's ops before use, and never in the way:
+no compiler, a failed build, a disagreeing kernel or COMFYUI_PULID_NATIVE=0 leave the torch path.
+
+Its numbers against the authors' are tested with the other paths (tests/attention_paths.py: golden
+and unseen vectors, every head width); here: the shapes and options it must cover, its threads,
+its build and its fallbacks."""
+
+import contextlib
+import ctypes
+import logging
+import os
+
+import pytest
+import torch
+
+from pulid_core import attention, native
+from pulid_core.attention import id_attention_prepared, prepare_id_kv, select_rows
+from pulid_core.errors import PuLIDError
+from tests.attention_paths import native_buildable
+from tests.unit.test_attention_profile import count_ops
+
+needs_compiler = pytest.mark.skipif(not native_buildable(), reason="no C compiler: the kernel is not built here")
+
+
+@pytest.fixture
+def fresh_kernel(monkeypatch):
+    """native_kernel() decided again in this test (and again after it, for the tests that follow)."""
+    attention.native_kernel.cache_clear()
+    yield
+    attention.native_kernel.cache_clear()
+
+
+@pytest.fixture
+def torch_threads():
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def case(heads, d, n, tokens, num_zero, rows=(1, 0), weight=0.8, seed=0, batch_weights=False):
+    gen = torch.Generator().manual_seed(seed)
+    base, q = (torch.randn(len(rows), n, heads * d, generator=gen) for _ in range(2))
+    k, v = (torch.randn(2, tokens, heads * d, generator=gen) for _ in range(2))
+    if batch_weights:
+        weight = torch.tensor([0.6, 1.3])
+    kv = select_rows(prepare_id_kv(k, v, heads, weight, num_zero=num_zero), rows=list(rows))
+    return base, q, kv
+
+
+@needs_compiler
+def test_kernel_is_built_and_used_where_a_compiler_is():
+    kernel = attention.native_kernel()
+    assert kernel is not None and kernel.path.is_file()
+    # fp32 on the CPU by default: no torch op of its own (the whole ID branch is one library call per row).
+    base, q, kv = case(10, 64, 64, 10, 8)
+    id_attention_prepared(base.clone(), q, kv, "ortho_v2", workspace={}, inplace=True)
+    kernels, syncs, names = count_ops(lambda: id_attention_prepared(base, q, kv, "ortho_v2"))
+    assert (kernels, syncs) == (0, 0), names
+
+
+@needs_compiler
+@pytest.mark.parametrize("heads, d", [(10, 64), (20, 64), (2, 16), (3, 8), (2, 40), (1, 128), (2, 144)])
+@pytest.mark.parametrize("n", [1, 3, 37, 260])
+@pytest.mark.parametrize("projection, tokens, num_zero", [
+    ("ortho_v2", 10, 8), ("ortho_v2", 3, 2), ("ortho_v2", 32, 20), ("ortho", 10, 16), ("none", 10, 0),
+    ("ortho_v2", 63, 1), ("ortho", 64, 0)])
+def test_equals_torch_ops(heads, d, n, projection, tokens, num_zero):
+    # Head widths: 64 (SDXL; registers), other multiples of 16 up to 128, and the generic loop (8, 40,
+    # 144); tokens: a partial group of four, a partial chunk; columns 12 to 64 (63 + the zero column).
+    base, q, kv = case(heads, d, n, tokens, num_zero, rows=(1, 0, 1), batch_weights=True)
+    want = id_attention_prepared(base, q, kv, projection, fused=False, native=False)
+    got = id_attention_prepared(base, q, kv, projection, fused=False, native=True, workspace={})
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+
+@needs_compiler
+@pytest.mark.parametrize("projection", ["none", "ortho", "ortho_v2"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("masked", [False, True])
+def test_in_place_masked_strided_and_threads(projection, threads, masked, torch_threads):
+    torch_threads(threads)
+    base, q, kv = case(10, 64, 100, 10, 8 if projection != "none" else 0)
+    mask = torch.rand(2, 100, 1, generator=torch.Generator().manual_seed(5)) if masked else None
+    want = id_attention_prepared(base, q, kv, projection, mask, fused=False, native=False)
+    workspace = {}
+    for _ in range(2):  # the second call on the workspace's buffers
+        into = base.clone()
+        out = id_attention_prepared(into, q, kv, projection, mask, fused=False, native=True, workspace=workspace,
+                                    inplace=True)
+        assert out.data_ptr() == into.data_ptr()
+        torch.testing.assert_close(out, want, atol=2e-5, rtol=2e-5)
+    # Rows of a bigger tensor (a token stride other than the width), as ComfyUI's views can be.
+    wide_q = torch.zeros(2, 100, 700)
+    wide_q[..., :640] = q
+    out = id_attention_prepared(base, wide_q[..., :640], kv, projection, mask, fused=False, native=True)
+    torch.testing.assert_close(out, want, atol=2e-5, rtol=2e-5)
+
+
+@needs_compiler
+def test_calls_it_cannot_take_go_to_torch_or_are_refused():
+    # 65 columns (64 tokens + the zero column), channels not contiguous: torch's ops, same numbers;
+    # native=True names the reason.
+    base, q, kv = case(2, 64, 20, 64, 3)
+    want = id_attention_prepared(base, q, kv, "ortho_v2", fused=True)
+    torch.testing.assert_close(id_attention_prepared(base, q, kv, "ortho_v2"), want, atol=2e-5, rtol=2e-5)
+    with pytest.raises(PuLIDError, match="at most 64 ID columns"):
+        id_attention_prepared(base, q, kv, "ortho_v2", native=True)
+    base, q, kv = case(2, 64, 20, 10, 3)
+    q_t = q.transpose(1, 2).contiguous().transpose(1, 2)
+    want = id_attention_prepared(base, q, kv, "ortho_v2", fused=True)
+    torch.testing.assert_close(id_attention_prepared(base, q_t, kv, "ortho_v2"), want, atol=2e-5, rtol=2e-5)
+    with pytest.raises(PuLIDError, match="contiguous channels"):
+        id_attention_prepared(base, q_t, kv, "ortho_v2", native=True)
+
+
+@needs_compiler
+def test_kernel_refuses_arguments_it_was_not_built_for():
+    # The C entry point checks its sizes itself (nothing written): more than 64 columns, out == h
+    # with a projection but no buffer for I, an unknown mode.
+    lib = attention.native_kernel().lib
+    buf = (ctypes.c_float * 4096)()
+    scratch = (ctypes.c_float * 100000)()
+    p = ctypes.addressof(buf)
+    args = dict(q=p, qs=64, h=p, hs=64, out=p, os=64, ibuf=None, kt=p, v=p, bias=p, restw=p, rest=p,
+                scratch=ctypes.addressof(scratch), n=4, heads=1, d=64, width=16, v_cols=12, v_head=1024,
+                scale=0.125, tiny=1e-38, mode=1, threads=1)
+    assert lib.pulid_id_row(*args.values()) == 1  # in place with a projection and no ibuf
+    for bad in ({"width": 80}, {"width": 20}, {"mode": 3}, {"threads": 0}, {"v_cols": 17}, {"n": 0}):
+        assert lib.pulid_id_row(*dict(args, out=p + 4096, **bad).values()) == 1, bad
+
+
+@needs_compiler
+def test_threads_are_torchs_own(torch_threads, monkeypatch):
+    # Linux torch wheels ship libgomp.so.1: the kernel's OpenMP is that same runtime (one pool), even
+    # with another package's renamed libgomp loaded first (sentencepiece's, in ComfyUI).
+    with contextlib.suppress(ImportError):
+        import sentencepiece  # noqa: F401
+    kernel = native.load()
+    if "OpenMP" in torch.__config__.parallel_info() and kernel.lib.pulid_openmp():
+        assert kernel.threaded
+    torch_threads(3)
+    assert kernel.threads(3) == (3 if kernel.threaded else None)
+    # A kernel on a runtime other than torch's runs on one thread (torch's ops where torch has several).
+    monkeypatch.setattr(native, "_torch_openmp_function", lambda: 1)
+    assert not native.load().threaded
+
+
+def test_one_thread_kernel_leaves_several_torch_threads_to_torch():
+    fake = native.Kernel(lib=None, path=None, threaded=False)
+    assert fake.threads(1) == 1 and fake.threads(4) is None
+    assert native.Kernel(lib=None, path=None, threaded=True).threads(200) == 64
+
+
+# -- building and falling back ---------------------------------------------------------------------
+
+
+@needs_compiler
+def test_build_caches_by_source_compiler_and_cpu(tmp_path, monkeypatch):
+    cc = native.compiler()
+    first = native.build(cc, tmp_path)
+    assert first is not None and first.parent == tmp_path
+    stamp = first.stat().st_mtime_ns
+    assert native.build(cc, tmp_path) == first and first.stat().st_mtime_ns == stamp  # found, not rebuilt
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary file left
+    # Another CPU (a home folder shared between machines): another file.
+    monkeypatch.setattr(native, "_cpu_signature", lambda: "flags : sse2")
+    other = native.build(cc, tmp_path)
+    assert other is not None and other != first
+
+
+def test_no_compiler_no_kernel_same_numbers(monkeypatch, fresh_kernel, caplog):
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    with caplog.at_level(logging.INFO, logger="pulid_core"):
+        assert attention.native_kernel() is None
+    assert "no C compiler" in caplog.text
+    base, q, kv = case(10, 64, 40, 10, 8)
+    want = id_attention_prepared(base, q, kv, "ortho_v2", fused=False, native=False)
+    torch.testing.assert_close(id_attention_prepared(base, q, kv, "ortho_v2"), want, rtol=0, atol=0)
+    with pytest.raises(PuLIDError, match="not built on this machine"):
+        id_attention_prepared(base, q, kv, "ortho_v2", native=True)
+
+
+@pytest.mark.parametrize("value", ["0", "off", "false"])
+def test_switched_off_by_environment(monkeypatch, fresh_kernel, value):
+    monkeypatch.setenv(native.SWITCH, value)
+    monkeypatch.setattr(native, "build", lambda *a: pytest.fail("built although switched off"))
+    assert native.load() is None and attention.native_kernel() is None
+
+
+def test_failed_build_leaves_torch(tmp_path, monkeypatch, fresh_kernel, caplog):
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'cc: fatal error: no input' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    if os.name == "nt":
+        pytest.skip("no kernel on Windows")
+    with caplog.at_level(logging.INFO, logger="pulid_core"):
+        assert attention.native_kernel() is None
+    assert "did not compile" in caplog.text and "no input" in caplog.text
+    assert not list((tmp_path / "cache" / "comfyui-pulid" / "native").glob("*.so"))
+
+
+@needs_compiler
+def test_disagreeing_kernel_is_not_used(monkeypatch, fresh_kernel, caplog):
+    # A miscompiled library (here: one that writes nothing) fails the check against torch's ops.
+    real = native.load()
+
+    class Silent:
+        def __getattr__(self, name):
+            return getattr(real.lib, name)
+
+        @staticmethod
+        def pulid_id_row(*args):
+            return 0
+
+    monkeypatch.setattr(native, "load", lambda: native.Kernel(Silent(), real.path, real.threaded))
+    with caplog.at_level(logging.WARNING, logger="pulid_core"):
+        assert attention.native_kernel() is None
+    assert "disagrees with torch" in caplog.text
+
+
+def test_private_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folder = native.cache_dir()
+    assert folder == tmp_path / "comfyui-pulid" / "native"
+    # A folder others can write is never used (a library loaded from it could be anyone's).
+    folder.chmod(0o777)
+    assert native.cache_dir() != folder
