@@ -454,7 +454,7 @@ def _explicit_native(kernel: native_build.Kernel, base: torch.Tensor, q: torch.T
         if t.dtype != torch.float32 or t.device.type != "cpu" or t.stride(-1) != 1:
             raise PuLIDError("The compiled ID-branch kernel takes fp32 CPU tensors with contiguous channels.")
     wide = kv.k_t.shape[-1]
-    if (base.shape != q.shape or full.shape != q.shape or kv.k_t.shape != (batch, heads, d, wide)
+    if (inner != heads * d or base.shape != q.shape or full.shape != q.shape or kv.k_t.shape != (batch, heads, d, wide)
             or not kv.k_t.is_contiguous() or not kv.v.is_contiguous() or kv.v.shape[:2] != (batch, heads)
             or kv.v.shape[2] < kv.short or kv.v.shape[3] != d or kv.bias_w.shape != (wide,)
             or kv.rest_w.shape != (wide,)):

@@ -228,3 +228,16 @@ def test_private_cache_folder(tmp_path, monkeypatch):
     # A folder others can write is never used (a library loaded from it could be anyone's).
     folder.chmod(0o777)
     assert native.cache_dir() != folder
+
+
+@needs_compiler
+def test_activations_that_do_not_fit_the_keys_are_refused():
+    # The kernel trusts its pointers: every size is checked before the call (a wrong size would read or
+    # write outside the tensors). 130 channels of keys for 2 heads (d 65) against 131-channel activations.
+    base, q, kv = case(2, 65, 8, 4, 0)
+    with pytest.raises(PuLIDError, match="do not fit"):
+        attention._explicit_native(attention.native_kernel(), torch.zeros(2, 8, 131), torch.zeros(2, 8, 131), kv,
+                                   "ortho", torch.zeros(2, 8, 131), None)
+    with pytest.raises(PuLIDError, match="do not fit"):  # one row of keys for a batch of two
+        attention._explicit_native(attention.native_kernel(), base, q, select_rows(kv, rows=[0]), "ortho",
+                                   torch.empty_like(base), None)
