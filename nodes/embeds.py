@@ -66,7 +66,7 @@ class PuLIDEncodeFace(io.ComfyNode):
     @classmethod
     def execute(cls, pulid, eva_clip, face_analysis, image, face_selection, face_index, on_no_face, combine):
         node = check_inputs(cls, face_selection=face_selection, face_index=face_index, on_no_face=on_no_face,
-                            combine=combine)
+                            combine=combine, image=image)
         adapter = check_adapter(pulid, node)
         embeds, preview = encode_faces(adapter, eva_clip, face_analysis, image, node=node,
                                        selection=selection_of(face_selection, face_index), on_no_face=on_no_face,

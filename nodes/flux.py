@@ -141,7 +141,7 @@ class PuLIDFluxApply(io.ComfyNode):
     def execute(cls, model, pulid, eva_clip, face_analysis, image, weight, start_at, end_at,
                 face_selection="largest", face_index=0, on_no_face="error", attn_mask=None):
         node = check_inputs(cls, weight=weight, start_at=start_at, end_at=end_at, face_selection=face_selection,
-                            face_index=face_index, on_no_face=on_no_face, attn_mask=attn_mask)
+                            face_index=face_index, on_no_face=on_no_face, attn_mask=attn_mask, image=image)
         adapter = check_flux_adapter(pulid, node)
         check_schedule(node, weight, start_at, end_at, _range_inputs())
         check_flux_model(model, adapter, node)  # refuse a wrong model before the slow face work

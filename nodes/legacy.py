@@ -100,7 +100,8 @@ class ApplyPulid(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, pulid, eva_clip, face_analysis, image, method, weight, start_at, end_at, attn_mask=None):
-        node = check_inputs(cls, method=method, weight=weight, start_at=start_at, end_at=end_at, attn_mask=attn_mask)
+        node = check_inputs(cls, method=method, weight=weight, start_at=start_at, end_at=end_at, attn_mask=attn_mask,
+                            image=image)
         adapter = check_adapter(pulid, node)
         cross_attn_layers(model, adapter, node)  # a FLUX file or model is named before the presets
         projection, num_zero = method_settings(adapter.version, method)
@@ -125,7 +126,7 @@ class ApplyPulidAdvanced(io.ComfyNode):
     def execute(cls, model, pulid, eva_clip, face_analysis, image, weight, projection, fidelity, noise, start_at,
                 end_at, attn_mask=None):
         node = check_inputs(cls, weight=weight, projection=projection, fidelity=fidelity, noise=noise,
-                            start_at=start_at, end_at=end_at, attn_mask=attn_mask)
+                            start_at=start_at, end_at=end_at, attn_mask=attn_mask, image=image)
         return io.NodeOutput(apply(node, model, pulid, eva_clip, face_analysis, image, weight,
                                     projection, fidelity, start_at, end_at, attn_mask, noise=noise))
 

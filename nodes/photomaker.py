@@ -370,7 +370,7 @@ class PuLIDPhotoMakerEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, photomaker, image, text, trigger_word, style_strength, face_analysis=None) -> io.NodeOutput:
-        check_inputs(cls, style_strength=style_strength)
+        check_inputs(cls, style_strength=style_strength, image=image)
         model = _photomaker_model(photomaker)
         if model.version == "v1" and face_analysis is not None:
             raise PuLIDError(

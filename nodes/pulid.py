@@ -253,7 +253,7 @@ class PuLIDApply(io.ComfyNode):
     def execute(cls, model, pulid, eva_clip, face_analysis, image, method, weight, start_at, end_at,
                 attn_mask=None):
         node = check_inputs(cls, method=method, weight=weight, start_at=start_at, end_at=end_at,
-                            attn_mask=attn_mask)
+                            attn_mask=attn_mask, image=image)
         adapter = check_adapter(pulid, node)
         # A wrong model or a FLUX file (no method presets) is named first, before the slow face work.
         cross_attn_layers(model, adapter, node)
@@ -304,7 +304,7 @@ class PuLIDApplyAdvanced(io.ComfyNode):
         node = check_inputs(cls, method=method, weight=weight, start_at=start_at, end_at=end_at,
                             projection=projection, num_zero=num_zero, uncond_noise=uncond_noise,
                             face_selection=face_selection, face_index=face_index, on_no_face=on_no_face,
-                            combine=combine, attn_mask=attn_mask)
+                            combine=combine, attn_mask=attn_mask, image=image)
         adapter = check_adapter(pulid, node)
         cross_attn_layers(model, adapter, node)
         if method != "custom":

@@ -92,6 +92,29 @@ def check_mask(mask, *, node: str, input_name: str = "attn_mask"):
     return mask
 
 
+def check_image(image, *, node: str, input_name: str = "image"):
+    """An IMAGE batch [B, H, W, C] (C 1, 3 or 4; what ComfyUI's nodes pass) or a list of single images
+    (API callers of the library). A lone [H, W, C] image, which ComfyUI never passes but a custom node
+    or script may, would be taken as H images of one pixel row each: it is named as what it is."""
+    if isinstance(image, (list, tuple)):
+        return image
+    if not isinstance(image, torch.Tensor):
+        raise PuLIDError(f"{_where(node, input_name)} must be an IMAGE; got {type(image).__name__}.")
+    shape = tuple(image.shape)
+    if image.ndim == 3 and shape[-1] in (1, 3, 4):
+        raise PuLIDError(
+            f"{_where(node, input_name)} is one image of shape {shape} without its batch dimension; an IMAGE is "
+            "[batch, height, width, channels]. Whatever made it (a custom node or script) should add the batch "
+            "dimension (image.unsqueeze(0))."
+        )
+    if image.ndim != 4 or shape[-1] not in (1, 3, 4) or 0 in shape:
+        raise PuLIDError(
+            f"{_where(node, input_name)} has shape {shape}; an IMAGE is [batch, height, width, channels] with 3 "
+            "channels (1 or 4 also accepted) and at least one image."
+        )
+    return image
+
+
 def check_mask_batch(mask_batch: int, latent_batch: int, *, node: str = "Apply PuLID",
                      input_name: str = "attn_mask") -> None:
     """An attention mask serves every image of the batch (batch 1) or one mask per image."""

@@ -22,9 +22,10 @@ NAN, INF = math.nan, math.inf
 @pytest.fixture(scope="module")
 def nodes(pack):
     pack.nodes.node_list()  # registers the pack's model folders (the loaders' schemas list them)
-    from comfyui_pulid.nodes import embeds, legacy, loaders, photomaker, pulid
+    from comfyui_pulid.nodes import embeds, flux, legacy, loaders, photomaker, pulid
 
-    return SimpleNamespace(embeds=embeds, legacy=legacy, loaders=loaders, photomaker=photomaker, pulid=pulid)
+    return SimpleNamespace(embeds=embeds, flux=flux, legacy=legacy, loaders=loaders, photomaker=photomaker,
+                           pulid=pulid)
 
 
 def fake_adapter(nodes, version="v1"):
@@ -128,6 +129,37 @@ def test_numbers_outside_the_schema_range_are_refused(nodes):
 def test_bad_masks_are_refused(nodes, mask, problem):
     with pytest.raises(PuLIDError, match=f"Apply PuLID: attn_mask has .*{problem}"):
         nodes.pulid.PuLIDApply.execute(**apply_args(attn_mask=mask))
+
+
+# Every node that takes an IMAGE, with its other inputs (checked after the image or never reached).
+IMAGE_NODES = [
+    ("pulid.PuLIDApply", apply_args()),
+    ("pulid.PuLIDApplyAdvanced", advanced_args()),
+    ("embeds.PuLIDEncodeFace", dict(pulid=None, eva_clip=None, face_analysis=None, face_selection="largest",
+                                    face_index=0, on_no_face="error", combine="average")),
+    ("flux.PuLIDFluxApply", dict(model=None, pulid=None, eva_clip=None, face_analysis=None, weight=1.0,
+                                 start_at=0.0, end_at=1.0)),
+    ("legacy.ApplyPulid", apply_args()),
+    ("legacy.ApplyPulidAdvanced", dict(apply_args(projection="ortho", fidelity=8, noise=0.0), method=None)),
+    ("photomaker.PuLIDPhotoMakerEncode", dict(clip=None, photomaker=None, text="a man img", trigger_word="img",
+                                              style_strength=20.0)),
+]
+
+
+@pytest.mark.parametrize("path, kwargs", IMAGE_NODES, ids=[c[0] for c in IMAGE_NODES])
+@pytest.mark.parametrize("image, problem", [
+    (torch.rand(64, 48, 3), r"is one image of shape \(64, 48, 3\) without its batch dimension"),
+    (torch.rand(1, 3, 64, 48), r"has shape \(1, 3, 64, 48\); an IMAGE is \[batch, height, width, channels\]"),
+    (torch.rand(0, 64, 48, 3), "has shape"),
+    ("photo.png", "must be an IMAGE; got str"),
+], ids=["unbatched", "channels-first", "empty", "a-path"])
+def test_images_that_are_not_an_image_batch_are_named(nodes, path, kwargs, image, problem):
+    # An unbatched [H, W, C] image (a custom node or script can send one) was taken as H one-row images:
+    # "too small (3x48 px)" for each, or a traceback in PhotoMaker.
+    cls = node_class(nodes, path)
+    display = cls.define_schema().display_name
+    with pytest.raises(PuLIDError, match=rf"^{display.replace('(', '[(]').replace(')', '[)]')}: image {problem}"):
+        call(cls, dict(kwargs, image=image))
 
 
 def test_apply_embeds_checks_what_api_clients_send(nodes):
