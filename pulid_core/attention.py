@@ -114,6 +114,8 @@ def prepare_id_kv(id_k: torch.Tensor, id_v: torch.Tensor, heads: int, weight, *,
         )
     if int(num_zero) != num_zero or num_zero < 0:
         raise PuLIDError(f"num_zero must be a whole number >= 0; got {num_zero!r}.")
+    if id_k.shape[1] == 0:
+        raise PuLIDError("There are no ID tokens to attend to (an identity of width 0).")
     dtype = dtype or id_k.dtype
     device = device or id_k.device
     rows, tokens, inner = id_k.shape

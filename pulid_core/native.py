@@ -1,7 +1,8 @@
 """The optional compiled kernel of the ID branch on the CPU (fp32): ``csrc/id_branch.c``.
 
 Built on first use with the machine's C compiler (``$CC``, else cc, gcc or clang), for this CPU
-(``-march=native``), and cached per user; the next process only loads it. Where there is no
+(``-march=native``), and cached per user with the digest of what was built (a library cut short,
+which would crash the process that maps it, is rebuilt); the next process only loads it. Where there is no
 compiler (typically Windows), or it fails, or ``COMFYUI_PULID_NATIVE=0`` is set, nothing is
 built and the ID branch runs on torch's ops, with the same numbers (:mod:`.attention` checks the
 kernel against them once before using it). Nothing here reads the network.
@@ -19,6 +20,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import stat
 import subprocess
@@ -38,7 +40,8 @@ FLAG_SETS = (
     ("-O3", "-fno-math-errno"),
 )
 _COMMON = ("-shared", "-fPIC", "-Wno-psabi")
-BUILD_TIMEOUT_S = 180
+BUILD_TIMEOUT_S = 60  # about a second is usual
+VERSION_TIMEOUT_S = 10
 
 
 @dataclass(frozen=True)
@@ -61,18 +64,24 @@ def enabled() -> bool:
     return os.environ.get(SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def compiler() -> str | None:
-    """The C compiler to use: ``$CC``, else the first of cc, gcc, clang on PATH; None on Windows
-    (its compilers do not take GCC's vector extensions)."""
+def compiler() -> list[str] | None:
+    """The C compiler command: ``$CC`` (which may carry arguments, e.g. ``ccache gcc``), else the first
+    of cc, gcc, clang on PATH; None where there is none, and on Windows (its compilers do not take
+    GCC's vector extensions)."""
     if os.name == "nt":
         return None
     cc = os.environ.get("CC", "").strip()
     if cc:
-        return shutil.which(cc)
+        try:
+            words = shlex.split(cc)
+        except ValueError:
+            return None
+        found = shutil.which(words[0]) if words else None
+        return [found, *words[1:]] if found else None
     for name in ("cc", "gcc", "clang"):
         found = shutil.which(name)
         if found:
-            return found
+            return [found]
     return None
 
 
@@ -113,45 +122,80 @@ def _cpu_signature() -> str:
     return platform.processor()
 
 
-def _key(cc: str, flags: tuple) -> str:
+def _key(cc: list, flags: tuple) -> str:
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, timeout=30, check=False).stdout
+        version = subprocess.run([*cc, "--version"], capture_output=True, timeout=VERSION_TIMEOUT_S, check=False,
+                                 stdin=subprocess.DEVNULL).stdout
     except (OSError, subprocess.SubprocessError):
         version = b""
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), cc.encode(), version, " ".join(flags + _COMMON).encode(),
+    for part in (SOURCE.read_bytes(), " ".join(cc).encode(), version, " ".join(flags + _COMMON).encode(),
                  platform.machine().encode(), _cpu_signature().encode()):
         h.update(part)
         h.update(b"\0")
     return h.hexdigest()[:20]
 
 
-def build(cc: str, folder: Path) -> Path | None:
-    """The library built from SOURCE (or found already built) in ``folder``; None if no flag set
-    compiles (the compiler's last message is logged)."""
-    error = ""
-    for flags in FLAG_SETS:
-        target = folder / f"id_branch-{_key(cc, flags)}.so"
-        if target.is_file():
-            return target
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-        os.close(fd)
-        try:
-            done = subprocess.run([cc, *flags, *_COMMON, "-o", tmp, str(SOURCE)], capture_output=True,
-                                  timeout=BUILD_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL)
-            if done.returncode == 0:
-                os.replace(tmp, target)  # atomic: a process beside this one loads a whole file or none
-                log.info("comfyui-pulid: built the CPU ID-branch kernel with %s %s", cc, " ".join(flags))
-                return target
-            error = done.stderr.decode(errors="replace").strip()[-2000:]
-        except (OSError, subprocess.SubprocessError) as exc:
-            error = str(exc)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    log.info("comfyui-pulid: the CPU ID-branch kernel did not compile with %s; torch's ops are used "
-             "(same numbers). Compiler said: %s", cc, error)
-    return None
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _intact(target: Path) -> bool:
+    """A library this module wrote whole: its digest, recorded after the build, still matches (a file
+    cut short by a crash or a full disk would kill the process that maps it, with SIGBUS)."""
+    stamp = target.with_suffix(".sha256")
+    try:
+        return target.is_file() and stamp.read_text().strip() == _digest(target)
+    except OSError:
+        return False
+
+
+def _write_synced(path: Path, data: bytes | None = None) -> None:
+    """Flush ``path`` (after writing ``data`` to it) to the disk before it is renamed into place."""
+    with open(path, "r+b" if data is None else "wb") as f:
+        if data is not None:
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class BuildTimeout(Exception):
+    """The compiler did not finish: no other flag set is tried (it would hang as well)."""
+
+
+def build(cc: list, folder: Path, flags: tuple) -> Path | None:
+    """The library built from SOURCE with ``flags`` (or found already built, whole) in ``folder``;
+    None if it does not compile (the compiler's message is logged)."""
+    target = folder / f"id_branch-{_key(cc, flags)}.so"
+    if _intact(target):
+        return target
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+    os.close(fd)
+    try:
+        done = subprocess.run([*cc, *flags, *_COMMON, "-o", tmp, str(SOURCE)], capture_output=True,
+                              timeout=BUILD_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            log.info("comfyui-pulid: the CPU ID-branch kernel did not compile with %s %s: %s", " ".join(cc),
+                     " ".join(flags), done.stderr.decode(errors="replace").strip()[-2000:])
+            return None
+        _write_synced(Path(tmp))
+        stamp_tmp = Path(tmp).with_suffix(".sha256")
+        _write_synced(stamp_tmp, _digest(Path(tmp)).encode())
+        # The library first, then its digest: a crash in between leaves a library without a matching
+        # digest, rebuilt next time; each rename is atomic, so a process beside this one sees whole files.
+        os.replace(tmp, target)
+        os.replace(stamp_tmp, target.with_suffix(".sha256"))
+        log.info("comfyui-pulid: built the CPU ID-branch kernel with %s %s", " ".join(cc), " ".join(flags))
+        return target
+    except subprocess.TimeoutExpired as exc:
+        raise BuildTimeout(f"{' '.join(cc)} did not finish in {BUILD_TIMEOUT_S} s") from exc
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.info("comfyui-pulid: the CPU ID-branch kernel could not be built with %s: %s", " ".join(cc), exc)
+        return None
+    finally:
+        for leftover in (tmp, tmp[:-3] + ".sha256"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
 
 
 def _openmp_function(lib) -> int | None:
@@ -189,25 +233,40 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 
 def load(folder: Path | None = None) -> Kernel | None:
-    """Build (or find) and load the kernel; None where it is switched off or cannot be built."""
+    """Build (or find) and load the kernel, trying each flag set until one builds and loads; None
+    where it is switched off or none does (torch's ops are used then)."""
     if not enabled():
         log.info("comfyui-pulid: %s=0: the CPU ID branch runs on torch's ops", SWITCH)
         return None
     cc = compiler()
     if cc is None:
-        log.info("comfyui-pulid: no C compiler found; the CPU ID branch runs on torch's ops (same numbers)")
+        cc_env = os.environ.get("CC", "").strip()
+        log.info("comfyui-pulid: %s; the CPU ID branch runs on torch's ops (same numbers)",
+                 f"CC={cc_env!r} is not a command on PATH" if cc_env and os.name != "nt" else "no C compiler found")
         return None
     try:
-        path = build(cc, folder or cache_dir())
-        if path is None:
-            return None
-        lib = ctypes.CDLL(str(path))
-        _declare(lib)
-    except (OSError, AttributeError) as exc:
-        log.info("comfyui-pulid: the CPU ID-branch kernel could not be loaded (%s); torch's ops are used", exc)
+        folder = folder or cache_dir()
+    except OSError as exc:
+        log.info("comfyui-pulid: %s; the CPU ID branch runs on torch's ops", exc)
         return None
-    # Other packages may bring OpenMP runtimes of their own (sentencepiece, a ComfyUI dependency,
-    # ships a renamed libgomp): what counts is that the kernel's runtime is torch's.
-    ours = _openmp_function(lib) if lib.pulid_openmp() else None
-    threaded = ours is not None and ours == _torch_openmp_function()
-    return Kernel(lib, path, threaded)
+    for flags in FLAG_SETS:
+        try:
+            path = build(cc, folder, flags)
+        except BuildTimeout as exc:
+            log.info("comfyui-pulid: %s; the CPU ID branch runs on torch's ops", exc)
+            return None
+        if path is None:
+            continue
+        try:
+            lib = ctypes.CDLL(str(path))
+            _declare(lib)
+        except (OSError, AttributeError) as exc:
+            log.info("comfyui-pulid: the CPU ID-branch kernel %s could not be loaded (%s)", path.name, exc)
+            continue
+        # Other packages may bring OpenMP runtimes of their own (sentencepiece, a ComfyUI dependency,
+        # ships a renamed libgomp): what counts is that the kernel's runtime is torch's.
+        ours = _openmp_function(lib) if lib.pulid_openmp() else None
+        threaded = ours is not None and ours == _torch_openmp_function()
+        return Kernel(lib, path, threaded)
+    log.info("comfyui-pulid: the CPU ID-branch kernel could not be built here; torch's ops are used (same numbers)")
+    return None

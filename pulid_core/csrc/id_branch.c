@@ -59,9 +59,10 @@ static inline v16 hsum(v16 x) {
 
 /* exp(x) for x <= 0 (a softmax after its max): 2^k e^r with |r| <= ln2/2 and e^r by its Taylor series
  * to r^7 (truncation below 1e-8 relative); results under 2^-126 (and -inf) give 0: next to the
- * maximum's 1 they are below fp32's resolution. */
+ * maximum's 1 they are below fp32's resolution. NaN stays NaN (a broken input shows, as in torch). */
 static inline v16 exp_nonpos(v16 x) {
-    x = vmax(x, splat(-100.0f));
+    const v16 lo = splat(-100.0f);
+    x = vsel(x < lo, lo, x);  /* false for NaN: kept */
     const v16 magic = splat(12582912.0f);  /* 1.5 * 2^23: the sum holds round(x / ln2) in its low bits */
     v16 kf = x * 1.44269504088896341f + magic;
     const v16i k = ((v16i)kf & 0x7fffff) - 0x400000;
@@ -178,8 +179,11 @@ static void pass_one(const job_t *j, int tid) {
     const long n = j->n, inner = j->heads * j->d;
     const long a = n * tid / j->threads, e = n * (tid + 1) / j->threads;
     float *energy = j->scratch + (long)tid * 2 * inner, *dot = energy + inner;
-    float *tok = j->scratch + ((long)j->threads * 2 + (long)tid * (CHUNK + 1)) * inner;
+    float *tok = j->scratch + ((long)j->threads * 2 + (long)tid * (CHUNK + 3)) * inner;
     float *spare = tok + CHUNK * inner;  /* where the padding lanes of a last short group write */
+    /* The sums in two levels, a chunk's tokens then the chunks (one running fp32 sum over 16 K tokens
+     * would lose about 1e-4 against torch's blocked sums). */
+    float *chunk_energy = spare + inner, *chunk_dot = chunk_energy + inner;
     if (j->mode) memset(energy, 0, 2 * inner * sizeof(float));
     for (long s = a; s < e; s += CHUNK) {
         const long m = e - s < CHUNK ? e - s : CHUNK;
@@ -194,6 +198,10 @@ static void pass_one(const job_t *j, int tid) {
             }
             heads_of_group(j, qs, is, mass + g);
         }
+        if (j->mode) {
+            memset(chunk_energy, 0, inner * sizeof(float));
+            memset(chunk_dot, 0, inner * sizeof(float));
+        }
         for (long i = 0; i < m; i++) {
             const float *hi = j->h + (s + i) * j->h_stride, *ti = tok + i * inner;
             if (j->mode == 0) {
@@ -205,9 +213,15 @@ static void pass_one(const job_t *j, int tid) {
             float *dst = j->ibuf ? j->ibuf + (s + i) * inner : j->out + (s + i) * j->out_stride;
             const float tiny = j->tiny;
             for (long c = 0; c < inner; c++) {
-                energy[c] += hi[c] * hi[c] + tiny;
-                dot[c] += hi[c] * ti[c];
+                chunk_energy[c] += hi[c] * hi[c] + tiny;
+                chunk_dot[c] += hi[c] * ti[c];
                 dst[c] = ti[c];
+            }
+        }
+        if (j->mode) {
+            for (long c = 0; c < inner; c++) {
+                energy[c] += chunk_energy[c];
+                dot[c] += chunk_dot[c];
             }
         }
     }
@@ -254,7 +268,7 @@ static void in_parallel(const job_t *j, int pass) {
 
 /* The scratch buffer this needs, in floats. */
 long pulid_scratch_floats(long heads, long d, int threads) {
-    return ((long)threads * (2 + CHUNK + 1) + 1) * heads * d;
+    return ((long)threads * (2 + CHUNK + 3) + 1) * heads * d;
 }
 
 /* One batch row. q, h, out [n, heads * d] with the given token strides (channels contiguous); out may
@@ -276,7 +290,7 @@ int pulid_id_row(const float *q, long q_stride, const float *h, long h_stride, f
     in_parallel(&j, 1);
     if (mode == 0) return 0;
     const long inner = heads * d;
-    float *factor = scratch + (long)threads * (2 + CHUNK + 1) * inner;
+    float *factor = scratch + (long)threads * (2 + CHUNK + 3) * inner;
     for (long c = 0; c < inner; c++) {
         float energy = 0.0f, dot = 0.0f;
         for (int t = 0; t < threads; t++) {

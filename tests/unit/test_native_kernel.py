@@ -157,16 +157,62 @@ def test_one_thread_kernel_leaves_several_torch_threads_to_torch():
 
 @needs_compiler
 def test_build_caches_by_source_compiler_and_cpu(tmp_path, monkeypatch):
-    cc = native.compiler()
-    first = native.build(cc, tmp_path)
+    cc, flags = native.compiler(), native.FLAG_SETS[0]
+    first = native.build(cc, tmp_path, flags)
     assert first is not None and first.parent == tmp_path
     stamp = first.stat().st_mtime_ns
-    assert native.build(cc, tmp_path) == first and first.stat().st_mtime_ns == stamp  # found, not rebuilt
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary file left
+    assert native.build(cc, tmp_path, flags) == first and first.stat().st_mtime_ns == stamp  # found, not rebuilt
+    # The library and its digest; no temporary file left.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, first.with_suffix(".sha256").name])
     # Another CPU (a home folder shared between machines): another file.
     monkeypatch.setattr(native, "_cpu_signature", lambda: "flags : sse2")
-    other = native.build(cc, tmp_path)
+    other = native.build(cc, tmp_path, flags)
     assert other is not None and other != first
+
+
+@needs_compiler
+@pytest.mark.parametrize("damage", ["truncated", "empty", "no-digest"])
+def test_a_damaged_cached_library_is_rebuilt_not_loaded(tmp_path, damage):
+    # A library cut short (a crash, a full disk) would kill the process that maps it (SIGBUS): its digest,
+    # recorded after the build, no longer matches, and it is built again.
+    cc, flags = native.compiler(), native.FLAG_SETS[0]
+    path = native.build(cc, tmp_path, flags)
+    whole = path.read_bytes()
+    if damage == "no-digest":
+        path.with_suffix(".sha256").unlink()
+    else:
+        path.write_bytes(whole[: len(whole) // 2] if damage == "truncated" else b"")
+    assert native.build(cc, tmp_path, flags) == path
+    assert path.read_bytes() == whole and native._intact(path)
+
+
+@needs_compiler
+def test_cc_with_arguments(tmp_path, monkeypatch, fresh_kernel, caplog):
+    # $CC may carry arguments (ccache gcc, gcc -m64); a CC that is not a command is named in the log.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", f"{native.compiler()[0]} -g0")
+    assert native.compiler()[1:] == ["-g0"]
+    assert attention.native_kernel() is not None
+    attention.native_kernel.cache_clear()
+    monkeypatch.setenv("CC", "no-such-cc --flag")
+    with caplog.at_level(logging.INFO, logger="pulid_core"):
+        assert attention.native_kernel() is None
+    assert "CC='no-such-cc --flag' is not a command on PATH" in caplog.text
+
+
+def test_a_hung_compiler_is_given_up_once(tmp_path, monkeypatch, fresh_kernel, caplog):
+    # One timeout ends the attempt (the other flag sets would hang as well), within BUILD_TIMEOUT_S.
+    if os.name == "nt":
+        pytest.skip("no kernel on Windows")
+    hung = tmp_path / "cc"
+    hung.write_text("#!/bin/sh\ncase \"$1\" in --version) echo cc 1.0;; *) sleep 30;; esac\n")
+    hung.chmod(0o755)
+    monkeypatch.setenv("CC", str(hung))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "BUILD_TIMEOUT_S", 1)
+    with caplog.at_level(logging.INFO, logger="pulid_core"):
+        assert attention.native_kernel() is None
+    assert caplog.text.count("did not finish in 1 s") == 1
 
 
 def test_no_compiler_no_kernel_same_numbers(monkeypatch, fresh_kernel, caplog):
@@ -199,6 +245,7 @@ def test_failed_build_leaves_torch(tmp_path, monkeypatch, fresh_kernel, caplog):
     with caplog.at_level(logging.INFO, logger="pulid_core"):
         assert attention.native_kernel() is None
     assert "did not compile" in caplog.text and "no input" in caplog.text
+    assert "could not be built here; torch's ops are used" in caplog.text
     assert not list((tmp_path / "cache" / "comfyui-pulid" / "native").glob("*.so"))
 
 
@@ -241,3 +288,10 @@ def test_activations_that_do_not_fit_the_keys_are_refused():
     with pytest.raises(PuLIDError, match="do not fit"):  # one row of keys for a batch of two
         attention._explicit_native(attention.native_kernel(), base, q, select_rows(kv, rows=[0]), "ortho",
                                    torch.empty_like(base), None)
+
+
+def test_no_id_tokens_is_refused_by_name():
+    # An identity of width 0 (never from this pack's nodes: the embeds loader refuses it) is named, not a
+    # ZeroDivisionError deep in the layout.
+    with pytest.raises(PuLIDError, match="no ID tokens"):
+        prepare_id_kv(torch.zeros(1, 0, 32), torch.zeros(1, 0, 32), 2, 0.8, num_zero=3)
