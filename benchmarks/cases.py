@@ -279,7 +279,7 @@ def flux_dtype(device: torch.device) -> torch.dtype:
 
 
 def flux_insertions(adapter, ids, inputs: dict, kind: str) -> list:
-    """The pack's 10 block patches of one kind (FluxBlockPatch -> pulid_core.flux.add_identity), as
+    """The pack's 10 block patches of one kind (FluxBlockPatch -> pulid_core.flux.identity_delta), as
     Apply PuLID (FLUX) installs them, each around a stand-in occupant that returns the block's
     output at once: a call of one costs what the insertion adds to its block."""
     from comfyui_pulid.nodes import flux_patch

@@ -244,7 +244,7 @@ def flux_markdown(results: dict, command: str, note: str = "") -> str:
         "double-stream and one single-stream block (ComfyUI's own `DoubleStreamBlock` / `SingleStreamBlock`, "
         f"{sizes['hidden_size']} wide, {sizes['num_heads']} heads, MLP ratio {sizes['mlp_ratio']:g}, random "
         "weights), and the PuLID-FLUX insertions that follow blocks of each kind are timed round-robin in "
-        "every repetition: the pack's own block patches (`FluxBlockPatch` -> `pulid_core.flux.add_identity`; "
+        "every repetition: the pack's own block patches (`FluxBlockPatch` -> `pulid_core.flux.identity_delta`; "
         f"`PerceiverAttentionCA` {ca['dim']} wide, inner {ca['inner']}, ID tokens {ca['tokens']} × "
         f"{ca['kv_dim']}) around a stand-in occupant that returns the block's output. Step ≈ 19 double + 38 single blocks "
         "(embedders and final layer left out); 20 insertions = 10 after double + 10 after single blocks, "

@@ -101,8 +101,8 @@ class FluxIDContext:
     def active(self, options) -> bool:
         return self.weight != 0 and self.token not in options.get(SUPERSEDED, ()) and self.gate(options)
 
-    def add(self, img: torch.Tensor, ca: int, options) -> torch.Tensor:
-        """``img`` [B, N, C] (only the image tokens of the latent grid) plus this identity."""
+    def delta(self, img: torch.Tensor, ca: int, options) -> torch.Tensor:
+        """What this identity adds to ``img`` [B, N, C] (only the image tokens of the latent grid)."""
         chunks = chunk_kinds(options) or (0,)  # each chunk's prompt: cond or uncond (run_options)
         rows = core_flux.select_rows(chunks, img.shape[0], self.cond, self.uncond)
         mask = None
@@ -125,7 +125,7 @@ class FluxIDContext:
                 mask = torch.cat([core_flux.mask_to_tokens(
                     self.mask if area is None else mask_for_area(self.mask, regions[0], area), grid[0], grid[1],
                     per_chunk, img.dtype, img.device, latent) for area in regions[1]])
-        return core_flux.add_identity(img, self.adapter.model, ca, rows, self.weight, mask=mask)
+        return core_flux.identity_delta(img, self.adapter.model, ca, rows, self.weight, mask=mask)
 
 
 def _grid_tokens(options, available: int) -> int:
@@ -143,20 +143,32 @@ class FluxBlockPatch:
         self.upstream = upstream
 
     def __call__(self, args, extra):
-        out = self.upstream(args, extra) if self.upstream is not None else extra["original_block"](args)
+        return self._run(args, extra)[1]
+
+    def _run(self, args, extra):
+        """(base, out): the block's output before this chain's PuLID identities, and with them.
+
+        Each identity of a chain (several people, each with a mask) reads ``base``: with two soft
+        masks that overlap, the second would otherwise read the first's addition where both are
+        non-zero, and the image would depend on the order of the Apply nodes."""
+        if isinstance(self.upstream, FluxBlockPatch):
+            base, out = self.upstream._run(args, extra)
+        else:
+            base = out = self.upstream(args, extra) if self.upstream is not None else extra["original_block"](args)
         options = args.get("transformer_options") or {}
-        img = out["img"]
         if self.block_type == "double":
             streams = options.get(STREAMS)
             if streams is not None:
                 streams["txt"] = out["txt"].shape[1]
         if not self.context.active(options):
-            return out
+            return base, out
+        img, now = base["img"], out["img"]
         start = 0 if self.block_type == "double" else _text_tokens(options)
         end = start + _grid_tokens(options, img.shape[1] - start)
         with torch.no_grad():
-            added = self.context.add(img[:, start:end], self.ca, options)
-        return {**out, "img": torch.cat([img[:, :start], added, img[:, end:]], dim=1)}
+            delta = self.context.delta(img[:, start:end], self.ca, options)
+        # (One identity: now is img, and this is img + weight * CA, as the authors add it.)
+        return base, {**out, "img": torch.cat([now[:, :start], now[:, start:end] + delta, now[:, end:]], dim=1)}
 
     # -- ModelPatcher lifecycle ---------------------------------------------------
     def to(self, device_or_dtype):

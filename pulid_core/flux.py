@@ -135,7 +135,7 @@ def select_rows(cond_or_uncond: Sequence[int], batch: int, cond: torch.Tensor, u
     return torch.cat(rows, dim=0)
 
 
-def add_identity(
+def identity_delta(
     img: torch.Tensor,
     adapter,
     index: int,
@@ -143,8 +143,8 @@ def add_identity(
     weight: float,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``img + weight * pulid_ca[index](id_tokens, img)`` (times ``mask`` [B or 1, N, 1] if given),
-    computed in img's dtype. Returns a new tensor; ``img`` is never modified."""
+    """``weight * pulid_ca[index](id_tokens, img)`` (times ``mask`` [B or 1, N, 1] if given), in img's
+    dtype: what :func:`add_identity` adds. The CA reads each image token on its own (its queries)."""
     weight = float(weight)
     if not math.isfinite(weight):
         raise PuLIDError(f"The PuLID-FLUX weight must be a finite number; got {weight}.")
@@ -156,7 +156,20 @@ def add_identity(
                 f"{tuple(img.shape)}; got {tuple(mask.shape)}."
             )
         delta = delta * mask.to(device=delta.device, dtype=delta.dtype)
-    return img + weight * delta
+    return weight * delta
+
+
+def add_identity(
+    img: torch.Tensor,
+    adapter,
+    index: int,
+    id_tokens: torch.Tensor,
+    weight: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``img + weight * pulid_ca[index](id_tokens, img)`` (times ``mask`` [B or 1, N, 1] if given),
+    computed in img's dtype. Returns a new tensor; ``img`` is never modified."""
+    return img + identity_delta(img, adapter, index, id_tokens, weight, mask)
 
 
 def mask_to_tokens(mask: torch.Tensor, grid_h: int, grid_w: int, batch: int, dtype, device,

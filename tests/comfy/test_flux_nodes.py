@@ -182,6 +182,26 @@ def test_masked_applications_chain_for_two_people(tiny_flux, adapters, golden_id
     assert all(p.upstream is None for p in dit_patches(third).values())
 
 
+def test_two_soft_masked_identities_do_not_depend_on_the_order_of_the_apply_nodes(tiny_flux, flux_inputs, adapters,
+                                                                                 golden_id):
+    """Two people with feathered masks that overlap in the middle. Before: the second Apply's CA read the
+    image stream with the first's addition in it where both masks are non-zero, so swapping the two
+    Apply nodes changed the image. Now every identity of a chain reads the block's own output."""
+    ramp = torch.linspace(0.0, 1.0, 16)
+    left, right = (1 - ramp).expand(1, 16, 16).clone(), ramp.expand(1, 16, 16).clone()
+    a, b = golden_embeds(golden_id), golden_embeds(golden_id.flip(1) * 1.5)
+
+    def chained(first, second):
+        model = apply_embeds(tiny_flux, adapters["golden"], first[0], attn_mask=first[1])
+        return flux_forward(apply_embeds(model, adapters["golden"], second[0], attn_mask=second[1]), flux_inputs)
+
+    one_way, other_way = chained((a, left), (b, right)), chained((b, right), (a, left))
+    alone = flux_forward(apply_embeds(tiny_flux, adapters["golden"], a, attn_mask=left), flux_inputs)
+    assert (one_way - alone).abs().max() > 1e-3  # the second identity is there
+    torch.testing.assert_close(one_way, other_way, atol=1e-5, rtol=1e-5,
+                               msg=lambda m: f"two soft-masked identities: the image depends on the Apply order:\n{m}")
+
+
 def test_chains_onto_another_packs_block_patch(tiny_flux, flux_inputs, golden, adapters, golden_id):
     calls = []
 
@@ -486,18 +506,18 @@ def test_forward_gives_the_patches_the_latents_grid_and_skips_kontext_tokens(tin
     from comfyui_pulid.nodes import flux_patch
 
     seen = {"grid": set(), "tokens": set()}
-    real_mask, real_add = flux_patch.core_flux.mask_to_tokens, flux_patch.core_flux.add_identity
+    real_mask, real_add = flux_patch.core_flux.mask_to_tokens, flux_patch.core_flux.identity_delta
 
     def mask_to_tokens(mask, grid_h, grid_w, *args):
         seen["grid"].add((grid_h, grid_w))
         return real_mask(mask, grid_h, grid_w, *args)
 
-    def add_identity(img, *args, **kwargs):
+    def identity_delta(img, *args, **kwargs):
         seen["tokens"].add(img.shape[1])
         return real_add(img, *args, **kwargs)
 
     monkeypatch.setattr(flux_patch.core_flux, "mask_to_tokens", mask_to_tokens)
-    monkeypatch.setattr(flux_patch.core_flux, "add_identity", add_identity)
+    monkeypatch.setattr(flux_patch.core_flux, "identity_delta", identity_delta)
     out_model = apply_embeds(tiny_flux, adapters["golden"], golden_embeds(golden_id), attn_mask=torch.ones(48, 72))
     gen = torch.Generator().manual_seed(1)
     latent = torch.randn(1, 16, 8, 11, generator=gen)  # odd width: ComfyUI pads to 8x12 -> a 4x6 token grid

@@ -63,13 +63,13 @@ def test_attn_mask_lines_up_with_a_regional_prompts_crop(tiny_flux, loaded, embe
     from comfyui_pulid.nodes import flux_patch
 
     seen = []
-    real_add = flux_patch.core_flux.add_identity
+    real_add = flux_patch.core_flux.identity_delta
 
-    def add_identity(img, *args, mask=None, **kwargs):
+    def identity_delta(img, *args, mask=None, **kwargs):
         seen.append((img.shape[1], None if mask is None else mask.detach().clone()))
         return real_add(img, *args, mask=mask, **kwargs)
 
-    monkeypatch.setattr(flux_patch.core_flux, "add_identity", add_identity)
+    monkeypatch.setattr(flux_patch.core_flux, "identity_delta", identity_delta)
     left = torch.zeros(1, 128, 128)
     left[..., :64] = 1.0  # the person on the left half of a 128x128 image (latent 16x16)
     model = apply(tiny_flux, loaded, embeds, attn_mask=left)
@@ -101,13 +101,13 @@ def test_attn_mask_on_an_odd_latent_follows_its_last_pixels(tiny_flux, loaded, e
     from comfyui_pulid.nodes import flux_patch
 
     seen = []
-    real_add = flux_patch.core_flux.add_identity
+    real_add = flux_patch.core_flux.identity_delta
 
-    def add_identity(img, *args, mask=None, **kwargs):
+    def identity_delta(img, *args, mask=None, **kwargs):
         seen.append(mask.detach().clone())
         return real_add(img, *args, mask=mask, **kwargs)
 
-    monkeypatch.setattr(flux_patch.core_flux, "add_identity", add_identity)
+    monkeypatch.setattr(flux_patch.core_flux, "identity_delta", identity_delta)
     person = torch.ones(1, 72, 104)
     person[:, 64:] = 0.0
     positive, negative = prompts()
