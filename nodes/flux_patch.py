@@ -165,8 +165,9 @@ class FluxBlockPatch:
         img, now = base["img"], out["img"]
         start = 0 if self.block_type == "double" else _text_tokens(options)
         end = start + _grid_tokens(options, img.shape[1] - start)
-        with torch.no_grad():
-            delta = self.context.delta(img[:, start:end], self.ca, options)
+        # No no_grad(): ComfyUI samples in inference mode; its Train LoRA node records gradients, which
+        # then flow through the CA to the image stream (the adapter's weights are frozen).
+        delta = self.context.delta(img[:, start:end], self.ca, options)
         # (One identity: now is img, and this is img + weight * CA, as the authors add it.)
         return base, {**out, "img": torch.cat([now[:, :start], now[:, start:end] + delta, now[:, end:]], dim=1)}
 

@@ -229,6 +229,9 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
     ``inplace``: write the result into ``base`` (which must be the caller's own new tensor, such
     as ComfyUI's attention output) instead of a new tensor.
     The projection runs in fp32 as the authors do; the result is rounded once, into base's dtype.
+    With autograd recording (grad mode, an input that requires grad: ComfyUI's Train LoRA node runs
+    the model outside inference mode) the fused path runs, differentiable: no ``out=`` buffer, no
+    writing into ``base``.
     """
     batch, n, inner = q.shape
     if projection not in PROJECTIONS:
@@ -236,6 +239,11 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
     if kv.rows != batch:
         raise PuLIDError(f"ID keys for {kv.rows} rows cannot serve a batch of {batch}.")
     fp32 = base.dtype == q.dtype == kv.k.dtype == torch.float32
+    track = torch.is_grad_enabled() and any(t.requires_grad for t in (base, q, kv.k, kv.v))
+    if track:
+        if fused is False or native:
+            raise PuLIDError("The explicit ID attention path does not record gradients; use fused=True or None.")
+        fused, workspace, inplace = True, None, False
     if fused is None:
         fused = q.device.type != "cpu" or not fp32
     elif not fused and not fp32:
@@ -254,15 +262,15 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
 
     ident, rest = _attend_fused(q, kv, projection == "ortho_v2")
     # In place: the last op writes the result into base (with a mask: the full result into I,
-    # then the blend into base).
-    dest = base if in_place and mask is None else ident
+    # then the blend into base). Recording gradients: every op makes a new tensor.
+    dest = None if track else base if in_place and mask is None else ident
     if projection == "none":
         # Added in the UNet dtype, as the authors do.
         if ident.dtype == base.dtype:
             full = torch.add(ident, base, out=dest)
         else:
             full = base + ident.to(base.dtype)
-        return _masked(base, full, mask, into_base=in_place)
+        return _masked(base, full, mask, into_base=in_place, new=track)
 
     # The projection in fp32, as the authors do. CUDA kernels convert fp16/bf16 operands to fp32
     # as they load them (the fp32 constants below make each product run in fp32); CPU kernels
@@ -271,13 +279,13 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
         h, i = base, ident
     else:
         h, i = base.float(), ident.float()
-        dest = i
+        dest = None if track else i
     # Per channel over the tokens: the energy of H, with a tiny added per token so that a
     # channel where H is 0 at every token (e.g. a zeroed negative prompt) divides 0 by a
     # positive number (the authors' 0/0 = NaN becomes 0: the ID term is added unprojected;
     # elsewhere H*H + tiny rounds to H*H), and <H, s I>. One fp32 scratch tensor serves both
     # products and the factor.
-    scratch = _buffer(workspace, "scratch", h.shape, torch.float32, h.device)
+    scratch = None if track else _buffer(workspace, "scratch", h.shape, torch.float32, h.device)
     energy = torch.addcmul(kv.tiny, h, h, out=scratch).sum(dim=1, keepdim=True)  # [B, 1, C]
     dot = torch.addcmul(kv.zero, h, i, out=scratch).sum(dim=1, keepdim=True)
     if projection == "ortho":
@@ -287,10 +295,12 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
         # H + s (I + (m - 1) P) = I_s + H (1 + (m - 1) c), m the mass on the first ORTHO_V2_TOKENS
         # ID tokens of the softmax of the unscaled logits, averaged over the heads; ``rest`` [B, N, 1]
         # is the heads' summed mass on the other tokens, so m - 1 = -rest / heads.
-        factor = torch.addcmul(kv.one, rest, dot.div_(energy), value=-1.0 / kv.heads, out=scratch)
+        factor = torch.addcmul(kv.one, rest, dot / energy if track else dot.div_(energy), value=-1.0 / kv.heads,
+                               out=scratch)
     # Into this call's own I (or base, in place); computed in fp32, rounded once.
     full = torch.addcmul(i, h, factor, out=dest)
-    return _masked(base, full if full.dtype == base.dtype else full.to(base.dtype), mask, into_base=in_place)
+    return _masked(base, full if full.dtype == base.dtype else full.to(base.dtype), mask, into_base=in_place,
+                   new=track)
 
 
 def _buffer(workspace: dict | None, name: str, shape, dtype, device) -> torch.Tensor:
@@ -522,13 +532,14 @@ def _mass_from_powers(probs: torch.Tensor, kv: PreparedIDKV, spare: torch.Tensor
     torch.sum(sums[:, 0].div_(sums[:, 1]), 0, out=rest.view(n))
 
 
-def _masked(base: torch.Tensor, full: torch.Tensor, mask: torch.Tensor | None, into_base: bool = False) -> torch.Tensor:
+def _masked(base: torch.Tensor, full: torch.Tensor, mask: torch.Tensor | None, into_base: bool = False,
+            new: bool = False) -> torch.Tensor:
     """base + mask * (full - base): exactly ``full`` where the mask is 1 and ``base`` where it is 0.
-    Written over ``full`` (this call's own tensor), or over ``base``."""
+    Written over ``full`` (this call's own tensor), over ``base``, or (``new``) into a new tensor."""
     if mask is None:
         return full
     weight = _mask4(mask, base.shape[0], base.shape[1]).squeeze(-1).to(base.dtype)
-    return torch.lerp(base, full, weight, out=base if into_base else full)
+    return torch.lerp(base, full, weight, out=None if new else base if into_base else full)
 
 
 def _mask4(mask: torch.Tensor, batch: int, n: int) -> torch.Tensor:

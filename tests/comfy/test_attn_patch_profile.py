@@ -196,3 +196,18 @@ def test_attention_signature_is_resolved_once(pack):
     for _ in range(3):
         attn_patch.attention_call(q, q, q, HEADS, eo)
     assert attn_patch._accepts_transformer_options.cache_info().misses == misses
+
+
+def test_patched_call_records_gradients_for_training(adapter):
+    # ComfyUI's Train LoRA node runs the model with autograd on: the patched call is differentiable
+    # (before: the out= ops raised), equal to the sampling result, and leaves base alone.
+    patch, base = make_patch(adapter)
+    kept = base.clone()
+    q0 = torch.randn(2, TOKENS, WIDTH, generator=torch.Generator().manual_seed(2))
+    want = patch(q0, q0, q0, extra())
+    q = q0.clone().requires_grad_()
+    with torch.enable_grad():
+        out = patch(q, q, q, extra())
+        out.sum().backward()
+    torch.testing.assert_close(out.detach(), want, atol=2e-6, rtol=1e-5)
+    assert q.grad is not None and q.grad.abs().sum() > 0 and torch.equal(base, kept)

@@ -530,3 +530,26 @@ def test_forward_gives_the_patches_the_latents_grid_and_skips_kontext_tokens(tin
                                               transformer_options=options)
     assert out.shape == latent.shape
     assert seen == {"grid": {(4, 6)}, "tokens": {24}}
+
+
+def test_gradients_flow_through_the_identity_when_autograd_records(adapters, golden_id):
+    """ComfyUI's Train LoRA node records gradients through the model. Before: the CA ran under no_grad,
+    so the identity was a constant and the image stream's gradient missed the path through the CA.
+    Now it is img + weight * CA(img) to autograd too (the adapter's weights stay frozen)."""
+    from comfyui_pulid.nodes.flux_patch import GRID, STREAMS, FluxBlockPatch, FluxIDContext
+    from comfyui_pulid.pulid_core import flux as core_flux
+
+    adapter = adapters["golden"].patcher
+    ctx = FluxIDContext(adapter, golden_id, torch.zeros_like(golden_id), weight=0.7, sigma_start=1e9,
+                        sigma_end=0.0)
+    patch = FluxBlockPatch(ctx, "double", 0)
+    img = torch.randn(1, 16, 128, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    options = {"cond_or_uncond": [0], GRID: (4, 4), STREAMS: {"txt": 8}}
+    args = {"img": img, "txt": torch.zeros(1, 8, 128), "transformer_options": options}
+    with torch.enable_grad():
+        out = patch(args, {"original_block": lambda a: {"img": a["img"] * 1.0, "txt": a["txt"]}})["img"]
+        out.square().sum().backward()
+        ref_img = img.detach().clone().requires_grad_()
+        core_flux.add_identity(ref_img, adapter.model, 0, golden_id, 0.7).square().sum().backward()
+    torch.testing.assert_close(img.grad, ref_img.grad, atol=1e-5, rtol=1e-5)
+    assert not any(p.grad is not None for p in adapter.model.parameters())

@@ -165,3 +165,36 @@ def test_zero_text_attention_row_gets_the_unprojected_id_term(projection, attent
     assert (out[0] - base[0]).abs().max() > 0.1  # the ID term is there
     expected = _written_out(base, q, k, k, 4, 0.8, projection).float()
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("projection", ["none", "ortho", "ortho_v2"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_gradients_flow_when_autograd_records(projection, masked):
+    """ComfyUI's Train LoRA node runs the model outside inference mode, recording gradients through the
+    patched attention. Before: every path's out= ops raised ("functions with out=... arguments don't
+    support automatic differentiation"). Now the fused path runs, differentiable, never writing into base;
+    its gradients equal those of the authors' formulas in float64."""
+    from pulid_core.attention import id_attention_prepared, prepare_id_kv, select_rows
+
+    gen = torch.Generator().manual_seed(3)
+    heads, weight = 2, 0.8
+    q0, base0 = torch.randn(2, 12, 32, generator=gen), torch.randn(2, 12, 32, generator=gen)
+    k, v = torch.randn(2, 6, 32, generator=gen), torch.randn(2, 6, 32, generator=gen)
+    mask = torch.rand(2, 12, 1, generator=gen) if masked else None
+    kv = select_rows(prepare_id_kv(k, v, heads, weight), rows=[0, 1])
+    want = id_attention_prepared(base0, q0, kv, projection, mask)
+    q, base = q0.clone().requires_grad_(), base0.clone().requires_grad_()
+    out = id_attention_prepared(base, q, kv, projection, mask, workspace={}, inplace=True)
+    assert out.requires_grad and torch.equal(base.detach(), base0)  # base is never written
+    torch.testing.assert_close(out.detach(), want, atol=2e-6, rtol=1e-5)
+    probe = torch.randn(out.shape, generator=gen)
+    (out * probe).sum().backward()
+    q64, base64 = q0.double().requires_grad_(), base0.double().requires_grad_()
+    ref = _written_out(base64, q64, k, v, heads, weight, projection)
+    if masked:
+        ref = base64 + mask.double() * (ref - base64)
+    (ref * probe.double()).sum().backward()
+    torch.testing.assert_close(q.grad, q64.grad.float(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(base.grad, base64.grad.float(), atol=1e-5, rtol=1e-4)
+    with pytest.raises(PuLIDError, match="does not record gradients"):
+        id_attention_prepared(base, q, kv, projection, mask, fused=False)
