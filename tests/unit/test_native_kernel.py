@@ -295,3 +295,23 @@ def test_no_id_tokens_is_refused_by_name():
     # ZeroDivisionError deep in the layout.
     with pytest.raises(PuLIDError, match="no ID tokens"):
         prepare_id_kv(torch.zeros(1, 0, 32), torch.zeros(1, 0, 32), 2, 0.8, num_zero=3)
+
+
+@needs_compiler
+@pytest.mark.parametrize("flags", native.FLAG_SETS, ids=["native-openmp", "native", "baseline"])
+def test_every_flag_set_gives_the_same_numbers(tmp_path, flags, torch_threads):
+    # The fallback builds (no OpenMP: Apple's clang; no -march=native: the compiler's default CPU, e.g.
+    # SSE2 on x86-64, where the 16 lanes become four registers) compute the same numbers.
+    torch_threads(1)
+    path = native.build(native.compiler(), tmp_path, flags)
+    assert path is not None
+    lib = ctypes.CDLL(str(path))
+    native._declare(lib)
+    kernel = native.Kernel(lib, path, threaded=False)
+    for heads, d, tokens, num_zero in ((10, 64, 10, 8), (3, 40, 33, 0)):
+        base, q, kv = case(heads, d, 45, tokens, num_zero)
+        for projection in attention.PROJECTIONS:
+            want = id_attention_prepared(base, q, kv, projection, fused=False, native=False)
+            got = torch.empty_like(base)
+            attention._explicit_native(kernel, base, q, kv, projection, got, None)
+            torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
