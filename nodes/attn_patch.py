@@ -17,7 +17,6 @@ covers the whole schedule, otherwise once per step.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import threading
@@ -42,15 +41,25 @@ def _comfy_attention():
     return attention.optimized_attention
 
 
-@functools.lru_cache(maxsize=16)
+# function -> whether it takes transformer_options. A plain dict, not functools.lru_cache: under
+# TorchCompileModel dynamo reads a dict hit as a constant, where it would trace the wrapped function.
+_ACCEPTS_OPTIONS: dict = {}
+
+
 def _accepts_transformer_options(fn) -> bool:
     """Whether ComfyUI's attention function takes ``transformer_options`` (newer ComfyUI), resolved once
     per function object (the backend can be rebound, so the function is the key)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD or p.name == "transformer_options" for p in params)
+    known = _ACCEPTS_OPTIONS.get(fn)
+    if known is None:
+        try:
+            params = inspect.signature(fn).parameters.values()
+            known = any(p.kind is inspect.Parameter.VAR_KEYWORD or p.name == "transformer_options" for p in params)
+        except (TypeError, ValueError):
+            known = False
+        if len(_ACCEPTS_OPTIONS) >= 16:  # backends are few; never a growing cache
+            _ACCEPTS_OPTIONS.clear()
+        _ACCEPTS_OPTIONS[fn] = known
+    return known
 
 
 def attention_call(q, k, v, heads, extra_options):

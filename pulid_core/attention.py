@@ -428,6 +428,9 @@ def native_kernel() -> native_build.Kernel | None:
 _NATIVE_MAX_COLUMNS = 64
 
 
+# torch.compile (ComfyUI's TorchCompileModel) never traces into the kernel's loading or its library
+# call: they run as they are, between the traced graphs.
+@torch.compiler.disable
 def _native_for(native: bool | None, q: torch.Tensor, base: torch.Tensor, full: torch.Tensor,
                 kv: PreparedIDKV) -> native_build.Kernel | None:
     """The kernel for this call, None for torch's ops; raises where ``native=True`` cannot be met."""
@@ -452,6 +455,7 @@ def _native_for(native: bool | None, q: torch.Tensor, base: torch.Tensor, full: 
     return None
 
 
+@torch.compiler.disable
 def _explicit_native(kernel: native_build.Kernel, base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
                      projection: str, full: torch.Tensor, workspace: dict | None) -> None:
     """The explicit path in the compiled kernel: the full result into ``full`` (base itself, or a

@@ -397,3 +397,34 @@ def test_flux_single_blocks_work_when_skip_layer_guidance_skips_the_pulid_double
                                              "7, 8, 9").result[0]
     out = ksample(slg, positive, negative, torch.zeros(1, 16, 8, 8), steps=1, cfg=2.0, scheduler="simple")
     assert torch.isfinite(out).all()
+
+
+# -- ComfyUI's TorchCompileModel on a PuLID model ------------------------------------------------------
+@pytest.mark.parametrize("native", [True, False], ids=["compiled-kernel", "torch-ops"])
+def test_torch_compile_model_runs_the_patches_and_gives_the_same_image(tiny_sdxl, loaded, sdxl_embeds, native,
+                                                                      monkeypatch):
+    """TorchCompileModel compiles the diffusion model with torch.compile; the attn2 patches run inside the
+    traced forward (dynamo traces the torch ops, the compiled kernel's library call is a graph break).
+    The 'eager' backend traces exactly as inductor does, without generating code (minutes on this CPU)."""
+    import functools
+
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+    from comfyui_pulid.nodes import attn_patch
+
+    monkeypatch.setattr(attn_patch, "id_attention_prepared",
+                        functools.partial(attn_patch.id_attention_prepared, native=native and None))
+    torch._dynamo.reset()
+    model, clip, _ = tiny_sdxl
+    positive, negative = text(clip, "a portrait photo"), text(clip, "blurry")
+    latent = torch.zeros(1, 4, 16, 16)
+    patched = pulid(model, loaded, sdxl_embeds)
+    want = ksample(patched, positive, negative, latent, steps=2)
+    compiled = patched.clone()
+    set_torch_compile_wrapper(compiled, backend="eager")
+    try:
+        got = ksample(compiled, positive, negative, latent, steps=2)
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert (want - ksample(model, positive, negative, latent, steps=2)).abs().max() > 1e-3  # PuLID acted
