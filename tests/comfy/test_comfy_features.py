@@ -409,11 +409,10 @@ def test_torch_compile_model_runs_the_patches_and_gives_the_same_image(tiny_sdxl
     import functools
 
     from comfy_api.torch_helpers import set_torch_compile_wrapper
-
     from comfyui_pulid.nodes import attn_patch
 
     monkeypatch.setattr(attn_patch, "id_attention_prepared",
-                        functools.partial(attn_patch.id_attention_prepared, native=native and None))
+                        functools.partial(attn_patch.id_attention_prepared, native=None if native else False))
     torch._dynamo.reset()
     model, clip, _ = tiny_sdxl
     positive, negative = text(clip, "a portrait photo"), text(clip, "blurry")
