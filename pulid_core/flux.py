@@ -159,14 +159,8 @@ def identity_delta(
     return weight * delta
 
 
-def add_identity(
-    img: torch.Tensor,
-    adapter,
-    index: int,
-    id_tokens: torch.Tensor,
-    weight: float,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+def add_identity(img: torch.Tensor, adapter, index: int, id_tokens: torch.Tensor, weight: float,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
     """``img + weight * pulid_ca[index](id_tokens, img)`` (times ``mask`` [B or 1, N, 1] if given),
     computed in img's dtype. Returns a new tensor; ``img`` is never modified."""
     return img + identity_delta(img, adapter, index, id_tokens, weight, mask)
