@@ -1,4 +1,4 @@
-"""Review of the compiled CPU ID-branch kernel (pulid_core/csrc/id_branch.c, pulid_core.native, the native
+"""Edge cases of the compiled CPU ID-branch kernel (pulid_core/csrc/id_branch.c, pulid_core.native, the native
 path of pulid_core.attention.id_attention_prepared): cases where it parts from torch's ops (native=False)
 or takes the process down. Each test fails on the code it was written against; its docstring says why."""
 
