@@ -1,6 +1,6 @@
 """Edge cases of the compiled CPU ID-branch kernel (pulid_core/csrc/id_branch.c, pulid_core.native, the native
 path of pulid_core.attention.id_attention_prepared): cases where it parts from torch's ops (native=False)
-or takes the process down. Each test fails on the code it was written against; its docstring says why."""
+or took the process down. Each test failed on the code it was written against (8ec9d3b); its docstring says why."""
 
 import os
 import subprocess
@@ -31,7 +31,7 @@ def one_torch_thread():
 def test_nan_in_an_id_key_gives_nan_like_torch(projection):
     """A NaN in one ID key (a broken face embedding) makes every logit of that column NaN. torch's ops
     (and the fused path, the authors' SDPA) then give NaN for the whole head, so the failure is visible.
-    Today the kernel returns finite numbers instead: exp_nonpos() clamps with vmax(x, -100), and a
+    Before (8ec9d3b) the kernel returned finite numbers instead: exp_nonpos() clamps with vmax(x, -100), and a
     comparison with NaN is false, so NaN becomes -100 and exp gives 0: the broken token is silently
     dropped from the softmax (and hmax/vmax drop NaN lanes the same way). Correct: NaN exactly where
     native=False gives NaN (the kernel must not change what an invalid input produces)."""
@@ -52,7 +52,7 @@ def test_nan_in_an_id_key_gives_nan_like_torch(projection):
 @pytest.mark.parametrize("projection", ["ortho", "ortho_v2"])
 def test_projection_sums_stay_accurate_over_many_tokens(projection, one_torch_thread):
     """The projection's per-channel sums (the energy of H and <H, I>) over the tokens. A 2048x2048 SDXL
-    image has 16384 tokens at its first attention level. The kernel adds each token into one fp32
+    image has 16384 tokens at its first attention level. The kernel added each token into one fp32
     accumulator per channel and thread (pass_one: energy[c] += h*h + tiny; dot[c] += h*i), so its rounding
     error grows with the token count; torch's path sums in blocks of tokens, then sums the blocks. With H
     and I having a per-channel offset (as real activations do), torch's path stays within 2e-5 of an fp64
@@ -78,8 +78,8 @@ def test_projection_sums_stay_accurate_over_many_tokens(projection, one_torch_th
 @needs_compiler
 def test_truncated_library_in_the_cache_does_not_crash_the_process(tmp_path):
     """A library in the cache under the right name but cut short (a crash or power loss after build()'s
-    os.replace, which is not preceded by an fsync, a full disk while a home folder was copied, a sync
-    tool). build() accepts any existing file (target.is_file()) and load() hands it to ctypes.CDLL:
+    os.replace, which was not preceded by an fsync, a full disk while a home folder was copied, a sync
+    tool). build() accepted any existing file (target.is_file()) and load() handed it to ctypes.CDLL:
     dlopen maps the ELF's segments beyond the end of the file and the process dies of SIGBUS on the
     first ComfyUI sampling step on the CPU (the except OSError around the load never runs). Correct:
     a damaged library is detected (size/digest recorded after the build, or a probe load in a child
