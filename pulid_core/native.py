@@ -68,7 +68,7 @@ def compiler() -> list[str] | None:
     """The C compiler command: ``$CC`` (which may carry arguments, e.g. ``ccache gcc``), else the first
     of cc, gcc, clang on PATH; None where there is none, and on Windows (its compilers do not take
     GCC's vector extensions)."""
-    if os.name == "nt":
+    if _windows():
         return None
     cc = os.environ.get("CC", "").strip()
     if cc:
@@ -83,6 +83,10 @@ def compiler() -> list[str] | None:
         if found:
             return [found]
     return None
+
+
+def _windows() -> bool:
+    return os.name == "nt"
 
 
 def cache_dir() -> Path:
@@ -241,8 +245,9 @@ def load(folder: Path | None = None) -> Kernel | None:
     cc = compiler()
     if cc is None:
         cc_env = os.environ.get("CC", "").strip()
-        log.info("comfyui-pulid: %s; the CPU ID branch runs on torch's ops (same numbers)",
-                 f"CC={cc_env!r} is not a command on PATH" if cc_env and os.name != "nt" else "no C compiler found")
+        why = ("the compiled kernel is not built on Windows" if _windows() else
+               f"CC={cc_env!r} is not a command on PATH" if cc_env else "no C compiler found")
+        log.info("comfyui-pulid: %s; the CPU ID branch runs on torch's ops (same numbers)", why)
         return None
     try:
         folder = folder or cache_dir()

@@ -315,3 +315,13 @@ def test_every_flag_set_gives_the_same_numbers(tmp_path, flags, torch_threads):
             got = torch.empty_like(base)
             attention._explicit_native(kernel, base, q, kv, projection, got, None)
             torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+
+def test_windows_says_why(monkeypatch, fresh_kernel, caplog):
+    # Its compilers do not take GCC's vector extensions: never built there, and the log says so (not
+    # "no C compiler found", which a Windows user with gcc installed would not believe).
+    monkeypatch.setattr(native, "_windows", lambda: True)
+    monkeypatch.setattr(native, "build", lambda *a: pytest.fail("built on Windows"))
+    with caplog.at_level(logging.INFO, logger="pulid_core"):
+        assert attention.native_kernel() is None
+    assert "not built on Windows" in caplog.text
