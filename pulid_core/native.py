@@ -115,15 +115,18 @@ def _private(folder: Path) -> bool:
 
 
 def _cpu_signature() -> str:
-    """What -march=native depends on: a home folder shared by different machines gets one build each."""
+    """What -march=native depends on, the CPU's model and its instruction-set flags (x86 "flags",
+    ARM "Features"): a home folder shared by different machines gets one build each."""
+    found = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith(("flags", "Features", "model name")):
-                    return line
+                kind = line.split(":", 1)[0].strip()
+                if kind in ("model name", "flags", "Features"):
+                    found.setdefault(kind, line.strip())
     except OSError:
         pass
-    return platform.processor()
+    return "\n".join(found[k] for k in sorted(found)) or platform.processor()
 
 
 def _key(cc: list, flags: tuple) -> str:

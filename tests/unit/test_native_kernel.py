@@ -170,6 +170,27 @@ def test_build_caches_by_source_compiler_and_cpu(tmp_path, monkeypatch):
     assert other is not None and other != first
 
 
+def test_cpu_signature_holds_the_instruction_set_flags(tmp_path, monkeypatch):
+    # -march=native builds for the CPU's flags: two machines with the same model name (VMs with other
+    # feature masks) must not share a build (an instruction the other lacks would kill the process).
+    # /proc/cpuinfo lists "model name" before "flags"; the signature held only the model name.
+    cpuinfo = tmp_path / "cpuinfo"
+    lines = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 {}\nprocessor\t: 1\n"
+    real_open = open
+
+    def signature(extra):
+        cpuinfo.write_text(lines.format(extra))
+        monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
+            cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+        try:
+            return native._cpu_signature()
+        finally:
+            monkeypatch.setattr("builtins.open", real_open)
+
+    with_avx512, without = signature("avx512f"), signature("")
+    assert "AMD EPYC" in with_avx512 and "avx512f" in with_avx512 and with_avx512 != without
+
+
 @needs_compiler
 @pytest.mark.parametrize("damage", ["truncated", "empty", "no-digest"])
 def test_a_damaged_cached_library_is_rebuilt_not_loaded(tmp_path, damage):
