@@ -50,7 +50,8 @@ def check_inputs(node_cls, files: dict | None = None, **values) -> str:
     ComfyUI 0.3.75 does not check a V3 COMBO value against its options for API clients and
     its FLOAT range check lets NaN through, so each node checks what it receives: a COMBO value
     must be one of its options (null included, unless the input is optional), a FLOAT/INT a finite
-    number within its min..max, a MASK finite and in 0..1, an IMAGE a batch [B, H, W, C]. Only the values passed are checked.
+    number within its min..max, a MASK finite and in 0..1, an IMAGE a batch [B, H, W, C]. Only the
+    values passed are checked.
     ``files`` ({input: value}): file-list COMBOs, which must be a file name; whether the file exists
     is left to the loaders, whose messages say where a missing file comes from.
     """

@@ -14,7 +14,8 @@ the weight into the values (the attention is linear in them). Everything that de
 only on the Apply is prepared once per layer; a sampling call
 (:func:`id_attention_prepared`) reads nothing back from the device and runs a fixed set of
 ops: torch's fused attention (GPUs), or on the CPU one set of logits serving both the ID
-attention and ortho_v2's mass, in reused buffers.
+attention and ortho_v2's mass, in reused buffers, or the same math in one compiled library
+call per row (``csrc/id_branch.c``, :mod:`.native`).
 """
 
 from __future__ import annotations
@@ -208,7 +209,8 @@ def id_attention_prepared(base: torch.Tensor, q: torch.Tensor, kv: PreparedIDKV,
                           inplace: bool = False) -> torch.Tensor:
     """``base`` plus the ID term, with keys/values from :func:`prepare_id_kv` (one row per q row).
 
-    Two ways to the same numbers; neither reads anything back from the device.
+    Two paths to the same numbers (the second also in a compiled kernel, ``native``); none reads
+    anything back from the device.
     ``fused=True``: torch's scaled_dot_product_attention for the ID attention (and a second one
     for ortho_v2's mass), which reads the heads straight out of q's [B, N, heads*d] layout and
     writes its result token-major like H: few kernels, the logits never stored.
