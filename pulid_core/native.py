@@ -16,6 +16,7 @@ own its threads would fight torch's waiting ones for the cores, so it then runs 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -129,14 +130,19 @@ def _cpu_signature() -> str:
     return "\n".join(found[k] for k in sorted(found)) or platform.processor()
 
 
-def _key(cc: list, flags: tuple) -> str:
+@functools.cache
+def _version(cc: tuple) -> bytes:
+    """``cc --version``, asked once per process (each flag set's key needs it)."""
     try:
-        version = subprocess.run([*cc, "--version"], capture_output=True, timeout=VERSION_TIMEOUT_S, check=False,
-                                 stdin=subprocess.DEVNULL).stdout
+        return subprocess.run([*cc, "--version"], capture_output=True, timeout=VERSION_TIMEOUT_S, check=False,
+                              stdin=subprocess.DEVNULL).stdout
     except (OSError, subprocess.SubprocessError):
-        version = b""
+        return b""
+
+
+def _key(cc: list, flags: tuple) -> str:
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(cc).encode(), version, " ".join(flags + _COMMON).encode(),
+    for part in (SOURCE.read_bytes(), " ".join(cc).encode(), _version(tuple(cc)), " ".join(flags + _COMMON).encode(),
                  platform.machine().encode(), _cpu_signature().encode()):
         h.update(part)
         h.update(b"\0")
